@@ -1,0 +1,128 @@
+"""Loading ml-collections config files and applying `--config.a.b=value` overrides.
+
+A config file is a Python file with `get_config()` (optionally `get_config(arg)`, selected
+with `file.py:arg` as in big_vision) returning an `ml_collections.ConfigDict`. Bundled files
+in the repository's `configs/` can be named without the path: `kd_small` or `finetune/nsmc`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from kdjax.errors import ConfigError
+from kdjax.models.config import EncoderConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(spec: str) -> tuple[Path, str | None]:
+    """`path[:arg]` -> (existing file path, arg). Bare names look in the bundled configs/."""
+    path_str, _, arg = spec.partition(":")
+    candidates = [Path(path_str)]
+    if not path_str.endswith(".py"):
+        candidates.append(Path(path_str + ".py"))
+    candidates += [CONFIG_DIR / c for c in (path_str, path_str + ".py") if not os.path.isabs(c)]
+    for cand in candidates:
+        if cand.is_file():
+            return cand, (arg or None)
+    raise ConfigError(
+        f"config file {path_str!r} not found (also looked in {CONFIG_DIR}); "
+        "pass a path to a .py file with get_config()"
+    )
+
+
+def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load a config file (see module doc) and apply `a.b=value` overrides."""
+    path, arg = resolve_config_path(os.fspath(spec))
+    module_spec = importlib.util.spec_from_file_location(f"kdjax_config_{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except ConfigError:
+        raise
+    except Exception as e:  # a broken config file is a user error; say which file
+        raise ConfigError(f"could not load config {path}: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config() function")
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+    return apply_overrides(config, overrides)
+
+
+def sibling(file: str, name: str) -> ml_collections.ConfigDict:
+    """Load another config file next to `file` (for a config that extends another)."""
+    return load_config(str(Path(file).resolve().parent / name))
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key} expects true/false, got {text!r}")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise ConfigError(
+            f"--config.{key}={text!r} is not a valid {type(current).__name__}"
+        ) from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if current is not None and not isinstance(value, type(current)):
+        if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+            return type(current)(value)
+        raise ConfigError(
+            f"--config.{key}={text!r} has type {type(value).__name__}, "
+            f"expected {type(current).__name__}"
+        )
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> Any:
+    """Apply `["a.b=value", ...]`; an unknown key is an error naming it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        key = key.removeprefix("--config.").removeprefix("config.")
+        *parents, leaf = key.split(".")
+        node = config
+        for i, part in enumerate(parents):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(
+                    f"unknown config key {'.'.join(parents[: i + 1])!r} in override {item!r}"
+                )
+            node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+            raise ConfigError(f"unknown config key {key!r}; keys here: {known}")
+        with node.ignore_type():
+            node[leaf] = _parse_value(text, node[leaf], key)
+    return config
+
+
+def model_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """A `model` section with every `EncoderConfig` field (defaults = KR-ELECTRA-base)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EncoderConfig)}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}")
+    defaults.update(overrides)
+    EncoderConfig(**defaults)  # validate early, at config-load time
+    return ml_collections.ConfigDict(defaults)

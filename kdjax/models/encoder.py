@@ -1,0 +1,160 @@
+"""The post-LN transformer layer (BERT/ELECTRA) and the layer stack (loop, remat or scan).
+
+Optional per-layer outputs are requested with `Outputs`, a static (hashable) set of flags, so
+that XLA neither computes nor keeps what nobody reads: with no attention maps requested the
+attention may run as one fused `jax.nn.dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kdjax.models.config import EncoderConfig
+from kdjax.models.layers import LayerNorm, activation, projection
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """Which optional per-layer outputs to return (static)."""
+
+    hidden_states: bool = False
+    attentions: bool = False  # softmax probabilities [B, H, L, L]
+    attention_scores: bool = False  # pre-softmax, pre-mask scores [B, H, L, L]
+    qkv: bool = False  # per-head queries, keys, values [B, H, L, d]
+
+    @property
+    def needs_maps(self) -> bool:
+        return self.attentions or self.attention_scores
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with optional low-rank Q/K/V/O: [B, L, H] -> [B, L, H]."""
+
+    config: EncoderConfig
+    outputs: Outputs = Outputs()
+    deterministic: bool = True
+
+    def use_fused(self) -> bool:
+        cfg = self.config
+        if cfg.attention_impl != "auto":
+            return cfg.attention_impl == "fused"
+        dropout_active = not self.deterministic and cfg.attention_dropout > 0
+        return not self.outputs.needs_maps and not dropout_active
+
+    @nn.compact
+    def __call__(self, x: Array, mask_bias: Array, key_mask: Array) -> tuple[Array, dict]:
+        """x [B, L, H]; mask_bias [B, 1, 1, L] additive fp32; key_mask [B, L] bool."""
+        cfg = self.config
+        batch, length, _ = x.shape
+        heads, head_dim = cfg.num_heads, cfg.head_dim
+        rank = cfg.attention_rank
+
+        def split(t: Array) -> Array:  # [B, L, H] -> [B, L, heads, d]
+            return t.reshape(batch, length, heads, head_dim)
+
+        q = split(projection(cfg.hidden_size, rank, ("embed", "heads"), cfg, "query")(x))
+        k = split(projection(cfg.hidden_size, rank, ("embed", "heads"), cfg, "key")(x))
+        v = split(projection(cfg.hidden_size, rank, ("embed", "heads"), cfg, "value")(x))
+        extras: dict[str, Array] = {}
+        scale = head_dim**-0.5
+        if self.use_fused():
+            if self.outputs.needs_maps:
+                raise ValueError("attention_impl='fused' cannot return attention maps")
+            context = jax.nn.dot_product_attention(
+                q, k, v, mask=key_mask[:, None, None, :], scale=scale
+            )
+        else:
+            # Scores and softmax in fp32 whatever the compute dtype (bf16 softmax loses mass).
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            scores = scores * scale
+            scores = nn.with_logical_constraint(
+                scores, ("batch", "act_heads", "length", "kv_length")
+            )
+            probs = jax.nn.softmax(scores + mask_bias, axis=-1)
+            if self.outputs.attention_scores:
+                extras["attention_scores"] = scores
+            if self.outputs.attentions:
+                extras["attentions"] = probs
+            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
+            context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        if self.outputs.qkv:
+            to_heads = lambda t: jnp.swapaxes(t, 1, 2)  # [B, heads, L, d] like transformers
+            extras.update(queries=to_heads(q), keys=to_heads(k), values=to_heads(v))
+        context = context.reshape(batch, length, cfg.hidden_size)
+        out = projection(cfg.hidden_size, rank, ("heads", "embed"), cfg, "output")(context)
+        return out, extras
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block: LN(x + Attn(x)) then LN(h + W2 act(W1 h)); returns (h, extras)."""
+
+    config: EncoderConfig
+    outputs: Outputs = Outputs()
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask_bias: Array, key_mask: Array) -> tuple[Array, dict]:
+        cfg = self.config
+        drop = lambda t: nn.Dropout(cfg.hidden_dropout)(t, deterministic=self.deterministic)
+        attn, extras = SelfAttention(cfg, self.outputs, self.deterministic, name="attention")(
+            x, mask_bias, key_mask
+        )
+        h = LayerNorm(cfg, name="attention_norm")(x + drop(attn))
+        f = projection(cfg.intermediate_size, cfg.ffn_rank, ("embed", "mlp"), cfg, "intermediate")(
+            h
+        )
+        f = nn.with_logical_constraint(activation(cfg.hidden_act)(f), ("batch", "length", "act_mlp"))
+        f = projection(cfg.hidden_size, cfg.ffn_rank, ("mlp", "embed"), cfg, "output")(f)
+        h = LayerNorm(cfg, name="output_norm")(h + drop(f))
+        h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
+        if self.outputs.hidden_states:
+            extras["hidden_states"] = h
+        return h, extras
+
+
+class EncoderStack(nn.Module):
+    """`num_layers` layers; returns the last hidden state and per-layer extras (tuples).
+
+    With `scan_layers` the parameters are stacked under `layers` with a leading `layers` axis
+    (one compiled layer body; faster compiles for deep models), else `layer_0 ... layer_{N-1}`.
+    `remat` recomputes each layer's activations in the backward pass (memory for FLOPs).
+    """
+
+    config: EncoderConfig
+    outputs: Outputs = Outputs()
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask_bias: Array, key_mask: Array) -> tuple[Array, dict]:
+        cfg = self.config
+        layer_cls = EncoderLayer
+        if cfg.remat:
+            layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, stacked = scanned(cfg, self.outputs, self.deterministic, name="layers")(
+                x, mask_bias, key_mask
+            )
+            extras = {k: tuple(v[i] for i in range(cfg.num_layers)) for k, v in stacked.items()}
+            return x, extras
+        per_layer: dict[str, list[Array]] = {}
+        for i in range(cfg.num_layers):
+            x, ex = layer_cls(cfg, self.outputs, self.deterministic, name=f"layer_{i}")(
+                x, mask_bias, key_mask
+            )
+            for k, v in ex.items():
+                per_layer.setdefault(k, []).append(v)
+        return x, {k: tuple(v) for k, v in per_layer.items()}
