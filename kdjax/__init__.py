@@ -1,0 +1,33 @@
+"""kdjax: knowledge distillation and low-rank factorization of Korean ELECTRA models in JAX.
+
+Public API:
+  kdjax.from_hf(path) -> (config, params)      HF ELECTRA/BERT checkpoint -> Flax
+  kdjax.build_model(config) -> flax Module     teacher or (factorized) student
+  kdjax.to_hf(config, params, out_dir, ...)    Flax -> HF directory
+  kdjax.distill.losses                          every distillation loss, as pure functions
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from kdjax.models.config import EncoderConfig
+from kdjax.models.model import EncoderOutput, build_model, init_params
+
+__all__ = ["EncoderConfig", "EncoderOutput", "build_model", "from_hf", "init_params", "to_hf"]
+
+
+def from_hf(path_or_hub_id: Any, **overrides: Any) -> tuple[EncoderConfig, dict]:
+    """Load a HF ELECTRA/BERT checkpoint; see `kdjax.hf.from_hf`."""
+    from kdjax.hf import from_hf as _from_hf
+
+    return _from_hf(path_or_hub_id, **overrides)
+
+
+def to_hf(config: Any, params: Any, out_dir: Any, **kwargs: Any) -> Any:
+    """Export to a HF directory; see `kdjax.export.to_hf`."""
+    from kdjax.export import to_hf as _to_hf
+
+    return _to_hf(config, params, out_dir, **kwargs)
