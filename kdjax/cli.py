@@ -1,0 +1,107 @@
+"""`kdjax <command>`: the command-line entry point.
+
+Config overrides follow ml-collections' flag syntax: `--config.train.steps=100` (or
+`--config.train.steps 100`). User mistakes (`KdjaxError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from kdjax.errors import KdjaxError
+
+Handler = Callable[[argparse.Namespace, list[str]], int]
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate `--config.a.b=v` / `--config.a.b v` overrides from the other arguments."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config.") and len(arg) > len("--config."):
+            if "=" in arg:
+                overrides.append(arg[len("--config."):])
+            else:
+                if i + 1 >= len(argv):
+                    raise KdjaxError(f"{arg} needs a value (use {arg}=VALUE)")
+                overrides.append(f"{arg[len('--config.'):]}={argv[i + 1]}")
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _cmd_params(args: argparse.Namespace, overrides: list[str]) -> int:
+    from kdjax.config_lib import load_config
+    from kdjax.models.size import param_report
+
+    config = load_config(args.config, overrides)
+    section = config.get("student") or config.get("model")
+    if section is None:
+        raise KdjaxError(f"config {args.config} has no 'model' (or 'student') section")
+    model = section.get("model", section) if hasattr(section, "get") else section
+    report = param_report(model)
+    report = {"params": report.pop("params"), "fp32_mb": report.pop("fp32_mb"), **report}
+    if "name" in config:
+        report["name"] = config.name
+    print(json.dumps(report))
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = argparse.ArgumentParser(
+        prog="kdjax",
+        description="Distill and factorize Korean ELECTRA models in JAX.",
+        epilog="Config values can be overridden with --config.KEY=VALUE (e.g. "
+        "--config.train.steps=100).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    handlers: dict[str, Handler] = {}
+
+    p = sub.add_parser("params", help="print parameter count and size of a model config (JSON)")
+    p.add_argument("--config", required=True, help="config file (e.g. configs/lf_v3.py)")
+    handlers["params"] = _cmd_params
+
+    from kdjax.data.tokenizer import add_tokenizer_cli, run_tokenizer_cli
+
+    add_tokenizer_cli(sub)
+    handlers["tokenizer"] = lambda args, overrides: run_tokenizer_cli(args)
+
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, overrides = split_overrides(argv)
+        parser, handlers = build_parser()
+        args = parser.parse_args(rest)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(handlers[args.command](args, overrides) or 0)
+    except KdjaxError as e:
+        print(f"kdjax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdjax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

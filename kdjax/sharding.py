@@ -1,0 +1,155 @@
+"""Device mesh and logical-axis rules: a sharding is a rules table, not code.
+
+The model names every parameter axis (vocab, embed, heads, mlp, rank, ...) and its main
+activations (batch, length, act_embed, act_mlp, act_heads, kv_length). A preset maps those
+names onto the mesh axes `data`, `fsdp` and `tensor`; any preset works on any mesh shape
+(an axis of size 1 is a no-op), so CPU, one GPU and a TPU pod run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from kdjax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch is split over every data-parallel axis
+
+Rules = tuple[tuple[str, Any], ...]
+
+_ACTIVATIONS: Rules = (
+    ("batch", BATCH),
+    ("length", None),
+    ("kv_length", None),
+    ("act_embed", None),
+)
+
+RULES: dict[str, Rules] = {
+    # Pure data parallelism: parameters replicated on every device.
+    "replicated": _ACTIVATIONS + (("act_mlp", None), ("act_heads", None)),
+    # ZeRO-3 style: every large parameter split along its `embed` axis over `fsdp`; gathered
+    # per layer inside the step by XLA. Right for base-size teachers on TPU pods.
+    "fsdp": _ACTIVATIONS + (
+        ("act_mlp", None), ("act_heads", None),
+        ("embed", "fsdp"), ("vocab", None), ("heads", None), ("mlp", None),
+    ),
+    # Megatron tensor parallelism over `tensor` (heads, FFN and vocab split), plus FSDP on embed.
+    "tensor": _ACTIVATIONS + (
+        ("act_mlp", "tensor"), ("act_heads", "tensor"),
+        ("embed", "fsdp"), ("vocab", "tensor"), ("heads", "tensor"), ("mlp", "tensor"),
+    ),
+}
+
+
+def get_rules(name_or_rules: str | Sequence[Sequence[Any]]) -> Rules:
+    """A rules preset by name, or a user table `[(logical, mesh_axis_or_None), ...]`."""
+    if isinstance(name_or_rules, str):
+        if name_or_rules not in RULES:
+            raise ConfigError(
+                f"mesh.rules={name_or_rules!r} is not a preset; choose one of "
+                f"{', '.join(RULES)} or give a list of (logical_axis, mesh_axis) pairs"
+            )
+        return RULES[name_or_rules]
+    rules = tuple((str(a), None if b is None else (tuple(b) if isinstance(b, (list, tuple))
+                                                    else str(b))) for a, b in name_or_rules)
+    for logical, axes in rules:
+        for ax in (axes if isinstance(axes, tuple) else (axes,)):
+            if ax is not None and ax not in MESH_AXES:
+                raise ConfigError(
+                    f"mesh.rules maps {logical!r} to unknown mesh axis {ax!r}; "
+                    f"mesh axes are {', '.join(MESH_AXES)}"
+                )
+    return rules
+
+
+def make_mesh(
+    shape: Sequence[int], axes: Sequence[str] = MESH_AXES, devices: Sequence[Any] | None = None
+) -> Mesh:
+    """A mesh over all (or the given) devices; one entry of `shape` may be -1 (= the rest).
+
+    Uses `jax.make_mesh` with explicit Auto axis types, so sharding constraints inside the
+    jitted step are honoured under `jax.set_mesh`.
+    """
+    axes = tuple(axes)
+    shape = [int(s) for s in shape]
+    if len(shape) != len(axes):
+        raise ConfigError(f"mesh.shape {tuple(shape)} and mesh.axes {axes} differ in length")
+    unknown = [a for a in axes if a not in MESH_AXES]
+    if unknown:
+        raise ConfigError(f"mesh.axes has unknown axis {unknown}; use {', '.join(MESH_AXES)}")
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if shape.count(-1) > 1:
+        raise ConfigError(f"mesh.shape {tuple(shape)}: at most one -1 entry")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if known <= 0 or n % known:
+            raise ConfigError(
+                f"mesh.shape {tuple(shape)} cannot be filled with {n} devices "
+                f"({n} is not divisible by {known})"
+            )
+        shape[shape.index(-1)] = n // known
+    if math.prod(shape) != n or min(shape) < 1:
+        raise ConfigError(
+            f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices but {n} are "
+            f"available; use -1 for one axis (e.g. mesh.shape=(-1, 1, 1)) to fill the rest"
+        )
+    if len(devices) == len(jax.devices()):
+        return jax.make_mesh(tuple(shape), axes, axis_types=(AxisType.Auto,) * len(axes))
+    return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=(AxisType.Auto,) * len(axes))
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes from dimensions they do not divide (e.g. 12 heads on 8 devices)."""
+    fitted = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if entry is None:
+            fitted.append(None)
+            continue
+        names = entry if isinstance(entry, tuple) else (entry,)
+        size = math.prod(mesh.shape[a] for a in names)
+        if dim % size:
+            log.debug("dim %d not divisible by %s=%d: replicated", dim, names, size)
+            fitted.append(None)
+        else:
+            fitted.append(entry)
+    return PartitionSpec(*fitted)
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a tree of `nn.Partitioned` (or plain) abstract leaves.
+
+    Leaves without logical metadata (step counters, RNG keys, optax scalars) are replicated.
+    """
+    specs = nn.get_partition_spec(boxed_tree)
+    shapes = nn.meta.unbox(boxed_tree)
+
+    def one(spec: Any, leaf: Any) -> NamedSharding:
+        if not isinstance(spec, PartitionSpec):
+            spec = PartitionSpec()
+        mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if len(spec) else PartitionSpec()
+        return NamedSharding(mesh, _fit_spec(mesh_spec, getattr(leaf, "shape", ()), mesh))
+
+    return jax.tree_util.tree_map(
+        one, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None
+    )
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [batch, ...] input: batch over every data-parallel mesh axis."""
+    present = tuple(a for a in BATCH if a in mesh.axis_names)
+    return NamedSharding(mesh, PartitionSpec(present, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
