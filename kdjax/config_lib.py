@@ -39,7 +39,9 @@ def resolve_config_path(spec: str) -> tuple[Path, str | None]:
     )
 
 
-def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(
+    spec: str | os.PathLike, overrides: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
     """Load a config file (see module doc) and apply `a.b=value` overrides."""
     path, arg = resolve_config_path(os.fspath(spec))
     module_spec = importlib.util.spec_from_file_location(f"kdjax_config_{path.stem}", path)
@@ -110,7 +112,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
                 )
             node = node[part]
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+            is_dict = isinstance(node, ml_collections.ConfigDict)
+            known = ", ".join(sorted(node.keys())) if is_dict else ""
             raise ConfigError(f"unknown config key {key!r}; keys here: {known}")
         with node.ignore_type():
             node[leaf] = _parse_value(text, node[leaf], key)

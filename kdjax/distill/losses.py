@@ -22,6 +22,7 @@ Conventions shared by every loss here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -134,6 +135,13 @@ def _temperature_ok(temperature: Any, name: str) -> None:
         raise ConfigError(f"{name}: temperature must be > 0, got {temperature}")
 
 
+def _compiled(*static: str) -> Callable[[Callable[..., Array]], Callable[..., Array]]:
+    """jax.jit with the non-array options static. Inside an outer jit this is inlined; called
+    eagerly it compiles one fused program per shape instead of dispatching op by op. Shape and
+    option checks run at trace time (shapes are static), so errors still surface eagerly."""
+    return functools.partial(jax.jit, static_argnames=static)
+
+
 # --------------------------------------------------------------------------------------------
 # prediction-layer losses
 # --------------------------------------------------------------------------------------------
@@ -158,12 +166,19 @@ def kd_loss(
     Returns:
       scalar: mean KL over valid positions (× T²).
     """
+    _temperature_ok(temperature, "kd_loss")
+    return _kd_loss(student_logits, teacher_logits, temperature, mask, scale_by_t2)
+
+
+@_compiled("scale_by_t2")
+def _kd_loss(
+    student_logits: Array, teacher_logits: Array, temperature: Any, mask: Any, scale_by_t2: bool
+) -> Array:
     name = "kd_loss"
     s, t = _f32(student_logits), _f32(teacher_logits)
     if s.shape != t.shape:
         raise _shape_error(name, s.shape, t.shape, "logit shapes differ")
     _check_ndim(name, s, tuple(range(1, 8)), "student_logits", "[..., classes]")
-    _temperature_ok(temperature, name)
     valid = _valid(mask, s.shape[:-1], name)
     temp = jnp.asarray(temperature, jnp.float32)
     s = _zero_pad(s, valid) / temp
@@ -197,11 +212,18 @@ def binary_kd_loss(
     Returns:
       scalar: mean KL over valid tokens (× T²).
     """
+    _temperature_ok(temperature, "binary_kd_loss")
+    return _binary_kd_loss(student_logits, teacher_logits, temperature, mask, scale_by_t2)
+
+
+@_compiled("scale_by_t2")
+def _binary_kd_loss(
+    student_logits: Array, teacher_logits: Array, temperature: Any, mask: Any, scale_by_t2: bool
+) -> Array:
     name = "binary_kd_loss"
     s, t = _f32(student_logits), _f32(teacher_logits)
     if s.shape != t.shape:
         raise _shape_error(name, s.shape, t.shape, "logit shapes differ")
-    _temperature_ok(temperature, name)
     valid = _valid(mask, s.shape, name)
     temp = jnp.asarray(temperature, jnp.float32)
     s = jnp.where(valid, s, 0.0) / temp
@@ -214,6 +236,7 @@ def binary_kd_loss(
     return loss * temp**2 if scale_by_t2 else loss
 
 
+@_compiled()
 def mse_logits_loss(
     student: ArrayLike, teacher: ArrayLike, mask: ArrayLike | None = None
 ) -> Array:
@@ -299,6 +322,7 @@ def masked_lm_kd_loss(
     return kd_loss(s_logits, t_logits, temperature, mask=valid, scale_by_t2=scale_by_t2)
 
 
+@_compiled("kind")
 def hard_label_loss(
     logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, kind: str = "ce"
 ) -> Array:
@@ -363,6 +387,7 @@ def _check_same_hidden(name: str, s: Array, t: Array) -> None:
         )
 
 
+@_compiled()
 def hidden_mse(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """TinyBERT hidden-state MSE.
 
@@ -381,6 +406,7 @@ def hidden_mse(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | Non
     return _masked_mean(per_tok, valid)
 
 
+@_compiled()
 def cosine_loss(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """DistilBERT's alpha_cos term: mean over valid tokens of 1 - cos(h_s, h_t).
 
@@ -418,6 +444,7 @@ def _pair_valid(valid: Array) -> Array:
     return (valid[:, :, None] & valid[:, None, :])[:, None]
 
 
+@_compiled()
 def attention_score_mse(
     student_scores: ArrayLike, teacher_scores: ArrayLike, mask: ArrayLike | None = None
 ) -> Array:
@@ -441,6 +468,7 @@ def attention_score_mse(
     return _masked_mean(sq, pair)
 
 
+@_compiled()
 def attention_kl(
     student_probs: ArrayLike,
     teacher_probs: ArrayLike,
@@ -486,6 +514,7 @@ def _self_relation_kl(s: Array, t: Array, valid: Array) -> Array:
     return _masked_mean(kl, valid[:, None, :])
 
 
+@_compiled()
 def value_relation_kl(
     student_v: ArrayLike, teacher_v: ArrayLike, mask: ArrayLike | None = None
 ) -> Array:
@@ -528,6 +557,7 @@ def _to_relation_heads(name: str, x: Array, num_heads: int, role: str) -> Array:
     return x.reshape(b, seq, num_heads, width // num_heads).transpose(0, 2, 1, 3)
 
 
+@_compiled("num_relation_heads")
 def qkv_relation_kl(
     student_x: ArrayLike,
     teacher_x: ArrayLike,
@@ -587,6 +617,7 @@ def _distance_relation_kl(s: Array, t: Array, row_valid: Array) -> Array:
     return _row_kl(s_sim, t_sim, key_valid)
 
 
+@_compiled()
 def wr_distance(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """CKD word relation, distance-wise (pairwise).
 
@@ -615,6 +646,7 @@ def _angle_potentials(center: Array, others: Array) -> Array:
     return jnp.einsum("...jd,...kd->...jk", e, e)
 
 
+@_compiled("window")
 def wr_angle(
     student_h: ArrayLike,
     teacher_h: ArrayLike,
@@ -674,6 +706,7 @@ def _check_layers(name: str, s: Array, t: Array) -> None:
         raise ShapeError(f"{name}: needs K >= 2 mapped layers, got shape {tuple(s.shape)}")
 
 
+@_compiled()
 def ltr_distance(
     student_hs: ArrayLike, teacher_hs: ArrayLike, mask: ArrayLike | None = None
 ) -> Array:
@@ -701,6 +734,7 @@ def ltr_distance(
     return _masked_mean(kl, rows)
 
 
+@_compiled()
 def ltr_angle(student_hs: ArrayLike, teacher_hs: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """CKD layer-transforming relation, angle-wise.
 
@@ -730,6 +764,7 @@ def ltr_angle(student_hs: ArrayLike, teacher_hs: ArrayLike, mask: ArrayLike | No
     return _masked_mean((s_pot - t_pot) ** 2, trip)
 
 
+@_compiled()
 def nst_mmd(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """Width-free NST/MMD-style similarity-matrix matching (TextBrewer's `mmd` loss, variant).
 

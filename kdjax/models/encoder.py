@@ -106,10 +106,10 @@ class EncoderLayer(nn.Module):
             x, mask_bias, key_mask
         )
         h = LayerNorm(cfg, name="attention_norm")(x + drop(attn))
-        f = projection(cfg.intermediate_size, cfg.ffn_rank, ("embed", "mlp"), cfg, "intermediate")(
-            h
-        )
-        f = nn.with_logical_constraint(activation(cfg.hidden_act)(f), ("batch", "length", "act_mlp"))
+        rank = cfg.ffn_rank
+        f = projection(cfg.intermediate_size, rank, ("embed", "mlp"), cfg, "intermediate")(h)
+        f = activation(cfg.hidden_act)(f)
+        f = nn.with_logical_constraint(f, ("batch", "length", "act_mlp"))
         f = projection(cfg.hidden_size, cfg.ffn_rank, ("mlp", "embed"), cfg, "output")(f)
         h = LayerNorm(cfg, name="output_norm")(h + drop(f))
         h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))

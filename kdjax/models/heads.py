@@ -20,7 +20,8 @@ class DiscriminatorHead(nn.Module):
     @nn.compact
     def __call__(self, h: Array, deterministic: bool = True) -> Array:
         cfg = self.config
-        x = activation(cfg.hidden_act)(Dense(cfg.hidden_size, ("embed", "embed2"), cfg, name="dense")(h))
+        x = Dense(cfg.hidden_size, ("embed", "embed2"), cfg, name="dense")(h)
+        x = activation(cfg.hidden_act)(x)
         return Dense(1, ("embed", None), cfg, name="prediction")(x)[..., 0]
 
 
