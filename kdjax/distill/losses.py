@@ -16,6 +16,9 @@ Conventions shared by every loss here:
 * Shapes are checked with Python on ``.shape`` (static under ``jax.jit``); a mismatch raises
   `kdjax.errors.ShapeError` naming the loss and both shapes. Bad options raise
   `kdjax.errors.ConfigError`.
+* Each loss body is wrapped in ``jax.jit`` with its non-array options (``kind``, ``window``,
+  ``num_relation_heads``, ``scale_by_t2``) static: free inside a caller's jit, and one fused
+  compile instead of op-by-op dispatch when called eagerly.
 
 `LOSSES` maps each public loss name to its function so objectives can look losses up by name.
 """
@@ -231,7 +234,11 @@ def _binary_kd_loss(
     # log σ(x) and log(1 - σ(x)) = log σ(-x), both stable for large |x|.
     log_ps1, log_ps0 = jax.nn.log_sigmoid(s), jax.nn.log_sigmoid(-s)
     log_pt1, log_pt0 = jax.nn.log_sigmoid(t), jax.nn.log_sigmoid(-t)
-    kl = jnp.exp(log_pt1) * (log_pt1 - log_ps1) + jnp.exp(log_pt0) * (log_pt0 - log_ps0)
+    pt1, pt0 = jnp.exp(log_pt1), jnp.exp(log_pt0)
+    # where(): a saturated teacher (p = 0 on one side) must give 0, not 0 * inf.
+    kl = jnp.where(pt1 > 0, pt1 * (log_pt1 - log_ps1), 0.0) + jnp.where(
+        pt0 > 0, pt0 * (log_pt0 - log_ps0), 0.0
+    )
     loss = _masked_mean(kl, valid)
     return loss * temp**2 if scale_by_t2 else loss
 
