@@ -28,13 +28,14 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kdjax.errors import ConfigError, ShapeError
 from kdjax.models.config import EncoderConfig
-from kdjax.models.model import abstract_params
+from kdjax.models.model import build_model
 
 ArrayLike = Any  # jax.Array | np.ndarray
 Params = dict[str, Any]
@@ -217,8 +218,14 @@ _SHAPE_NEUTRAL = dict(
 
 @functools.lru_cache(maxsize=64)
 def _one_layer_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """'a/b/c' -> shape of every parameter of `cfg` (a normalised one-layer loop config)."""
-    return _shapes(abstract_params(cfg))
+    """'a/b/c' -> shape of every parameter of `cfg` (a normalised one-layer loop config).
+
+    Like `abstract_params(cfg)`, but with inputs no longer than max_position_embeddings
+    (abstract_params always traces length 8, which fails for max_position_embeddings < 8).
+    """
+    ids = jax.ShapeDtypeStruct((1, min(8, cfg.max_position_embeddings)), jnp.int32)
+    variables = jax.eval_shape(build_model(cfg).init, jax.random.key(0), ids)
+    return _shapes(nn.meta.unbox(variables["params"]))
 
 
 def _expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
