@@ -77,7 +77,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     add_tokenizer_cli(sub)
     handlers["tokenizer"] = lambda args, overrides: run_tokenizer_cli(args)
 
+    from kdjax.train.commands import add_train_commands
+
+    handlers.update(add_train_commands(sub))
+
     return parser, handlers
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across runs (a resumed or repeated run skips most of its
+    compile time). KDJAX_COMPILATION_CACHE=off disables it; a path relocates it."""
+    where = os.environ.get("KDJAX_COMPILATION_CACHE", "")
+    if where.lower() in ("off", "0", "false"):
+        return
+    import jax
+
+    path = where or os.path.join(os.path.expanduser("~"), ".cache", "kdjax", "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,9 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        for noisy in ("jax", "absl", "orbax", "etils", "datasets", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command in ("distill", "pretrain", "demo", "finetune", "evaluate"):
+            enable_compilation_cache()
         return int(handlers[args.command](args, overrides) or 0)
     except KdjaxError as e:
         print(f"kdjax: error: {e}", file=sys.stderr)

@@ -129,3 +129,59 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
     defaults.update(overrides)
     EncoderConfig(**defaults)  # validate early, at config-load time
     return ml_collections.ConfigDict(defaults)
+
+
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `data` section: corpus files, tokenizer, sequence length, masking."""
+    return _section(overrides, "data", {
+        "files": "builtin:sample",  # paths, globs, dirs, builtin:sample|konlpy, hf:NAME
+        "text_field": "text",
+        "max_length": 128,
+        "pack": True,
+        "tokenizer": "auto",  # auto: the teacher's, else trained on the corpus into WORKDIR
+        "vocab_size": 8000,  # for a tokenizer trained by `auto`
+        "tokenizer_lines": 0,  # lines used to train it (0 = all)
+        "mlm_probability": 0.15,
+        "limit_lines": 0,  # 0 = read everything
+    })
+
+
+def train_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `train` section: steps, batch, optimizer, logging and checkpoint cadence."""
+    return _section(overrides, "train", {
+        "steps": 1000,
+        "batch_size": 32,  # global, across all devices and hosts
+        "grad_accum": 1,
+        "log_every": 50,
+        "save_every": 500,
+        "keep": 3,
+        "keep_period": 0,  # also keep every Nth step (0 = off)
+        "async_checkpoints": True,
+        "seed": 0,
+        "lr": 5e-4,
+        "warmup_steps": 0.1,  # int steps, or a float < 1 = fraction of train.steps
+        "schedule": "linear",  # linear | cosine | constant
+        "end_lr_factor": 0.0,
+        "weight_decay": 0.01,
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-6,
+        "clip_norm": 1.0,
+        "max_consecutive_skips": 10,
+    })
+
+
+def mesh_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `mesh` section: shape over (data, fsdp, tensor), -1 = the remaining devices."""
+    return _section(overrides, "mesh", {
+        "shape": (-1, 1, 1),
+        "axes": ("data", "fsdp", "tensor"),
+        "rules": "replicated",  # replicated | fsdp | tensor, or [(logical, mesh_axis), ...]
+    })
+
+
+def _section(overrides: dict[str, Any], name: str, defaults: dict[str, Any]) -> Any:
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown {name} config key(s): {', '.join(unknown)}")
+    return ml_collections.ConfigDict({**defaults, **overrides})

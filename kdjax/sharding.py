@@ -126,13 +126,22 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partitio
     return PartitionSpec(*fitted)
 
 
+def unbox(tree: Any) -> Any:
+    """Strip `nn.Partitioned` boxes without applying sharding constraints (safe on abstract
+    trees and outside jit, where flax's `unbox` would try to constrain the values)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    return jax.tree_util.tree_map(
+        lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box
+    )
+
+
 def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a tree of `nn.Partitioned` (or plain) abstract leaves.
 
     Leaves without logical metadata (step counters, RNG keys, optax scalars) are replicated.
     """
     specs = nn.get_partition_spec(boxed_tree)
-    shapes = nn.meta.unbox(boxed_tree)
+    shapes = unbox(boxed_tree)
 
     def one(spec: Any, leaf: Any) -> NamedSharding:
         if not isinstance(spec, PartitionSpec):

@@ -1,0 +1,67 @@
+"""The optimizer: AdamW (no decay on biases and LayerNorm), warmup + decay, global-norm clip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from kdjax.errors import ConfigError
+
+NO_DECAY = ("bias", "scale", "generator_bias")
+
+
+def decay_mask(params: Any) -> Any:
+    """True for leaves that get weight decay: kernels and embedding tables, not biases/LN."""
+
+    def keep(path: tuple, _: Any) -> bool:
+        last = path[-1]
+        name = getattr(last, "key", getattr(last, "name", str(last)))
+        return name not in NO_DECAY
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def learning_rate_schedule(cfg: Any) -> optax.Schedule:
+    """Linear warmup to `train.lr`, then linear or cosine decay to `train.end_lr_factor` x lr."""
+    steps = int(cfg.steps)
+    warmup = int(cfg.get("warmup_steps", 0))
+    if isinstance(cfg.get("warmup_steps"), float) and cfg.warmup_steps < 1:
+        warmup = int(cfg.warmup_steps * steps)  # a fraction of the run
+    warmup = min(warmup, steps)
+    peak = float(cfg.lr)
+    end = peak * float(cfg.get("end_lr_factor", 0.0))
+    kind = cfg.get("schedule", "linear")
+    decay_steps = max(1, steps - warmup)
+    if kind == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif kind == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+    elif kind == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ConfigError(f"train.schedule={kind!r} is not one of linear, cosine, constant")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def make_optimizer(cfg: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, lr schedule) from the `train` config section."""
+    if float(cfg.lr) <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.lr}")
+    schedule = learning_rate_schedule(cfg)
+    parts = []
+    clip = float(cfg.get("clip_norm", 1.0))
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    parts.append(optax.adamw(
+        schedule,
+        b1=float(cfg.get("b1", 0.9)),
+        b2=float(cfg.get("b2", 0.999)),
+        eps=float(cfg.get("eps", 1e-6)),
+        weight_decay=float(cfg.get("weight_decay", 0.01)),
+        mask=decay_mask,
+    ))
+    return optax.chain(*parts), schedule
