@@ -9,6 +9,7 @@ final checkpoint, model directory, summary.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -245,9 +246,38 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> dict[str, Any]:
     }
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
-          progress: bool = True) -> dict[str, Any]:
-    """Run `kind` ("distill" or "pretrain") in `workdir`; resume if it has checkpoints."""
+@dataclasses.dataclass
+class Session:
+    """A prepared run: data, sharded state, frozen teacher and the jitted step.
+
+    Use inside `with session.context():` (mesh + logical-axis rules), as `train` does.
+    """
+
+    config: Any
+    workdir: epath.Path
+    kind: str
+    run: dict[str, Any]
+    batches: StepBatches
+    shardings: Any
+    batch_sharding: Any
+    step_fn: Any
+    state: Any
+    frozen: Any
+    start: int
+    ckpt: Checkpointer
+
+    def context(self) -> Any:
+        return _mesh_context(self.run["mesh"], self.run["rules"])
+
+
+@contextmanager
+def _mesh_context(mesh: Any, rules: Any) -> Iterator[None]:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str) -> Session:
+    """Validate, load data and teacher, restore or initialise the sharded state, jit the step."""
     workdir = epath.Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -255,8 +285,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
     run = build_run(config, workdir, kind)
     mesh, rules, task = run["mesh"], run["rules"], run["task"]
     train_cfg = config.train
-    steps, gb, max_len = int(train_cfg.steps), run["global_batch"], run["max_length"]
-
+    gb, max_len = run["global_batch"], run["max_length"]
     cache = workdir / "cache" if not str(workdir).startswith("gs://") else \
         Path.home() / ".cache" / "kdjax"
     examples = tokenize_corpus(
@@ -271,16 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
     ckpt = Checkpointer(workdir / "checkpoints", keep=int(train_cfg.get("keep", 3)),
                         keep_period=int(train_cfg.get("keep_period", 0)) or None,
                         async_save=bool(train_cfg.get("async_checkpoints", True)))
-    writer = MetricsWriter(workdir, enabled=is_main)
-    meta_base = {
-        "kind": kind, "config": json.loads(config.to_json_best_effort()),
-        "models": run["models"], "main_model": run["main_model"], **run["meta"],
-        "tokens_per_step": gb * max_len, "num_examples": batches.num_examples,
-    }
-    if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with _mesh_context(mesh, rules):
         restored = ckpt.restore(with_shardings(abstract, shardings)) if ckpt.all_steps() else None
         if restored is not None:
             state, _, start = restored
@@ -307,12 +327,31 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
             out_shardings=(shardings, shd.replicated(mesh)),
             donate_argnums=(0,),
         )
-        if is_main:
-            print(_start_line(kind, mesh, run, state, frozen, steps, start), flush=True)
-        summary = _loop(step_fn, state, frozen, batches, batch_sh, ckpt, writer, meta_base,
-                        train_cfg, start, steps, gb * max_len, progress and is_main)
-        state = summary.pop("state")
-    ckpt.close()
+    return Session(config, workdir, kind, run, batches, shardings, batch_sh, step_fn, state,
+                   frozen, start, ckpt)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
+          progress: bool = True) -> dict[str, Any]:
+    """Run `kind` ("distill" or "pretrain") in `workdir`; resume if it has checkpoints."""
+    session = prepare(config, workdir, kind)
+    run, workdir = session.run, session.workdir
+    is_main = jax.process_index() == 0
+    steps, tokens = int(config.train.steps), run["global_batch"] * run["max_length"]
+    meta_base = {
+        "kind": kind, "config": json.loads(config.to_json_best_effort()),
+        "models": run["models"], "main_model": run["main_model"], **run["meta"],
+        "tokens_per_step": tokens, "num_examples": session.batches.num_examples,
+    }
+    writer = MetricsWriter(workdir, enabled=is_main)
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        print(_start_line(kind, run["mesh"], run, session.state, session.frozen, steps,
+                          session.start), flush=True)
+    with session.context():
+        summary = _loop(session, writer, meta_base, steps, tokens, progress and is_main)
+    state = summary.pop("state")
+    session.ckpt.close()
     writer.close()
     summary.update(_finish(workdir, run, state, is_main, summary))
     return summary
@@ -353,14 +392,16 @@ def _start_line(kind: str, mesh: Any, run: dict, state: Any, frozen: Any, steps:
     return " | ".join(parts)
 
 
-def _loop(step_fn: Any, state: Any, frozen: Any, batches: StepBatches, batch_sh: Any,
-          ckpt: Checkpointer, writer: MetricsWriter, meta: dict, train_cfg: Any, start: int,
-          steps: int, tokens_per_step: int, show: bool) -> dict[str, Any]:
+def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
+          tokens_per_step: int, show: bool) -> dict[str, Any]:
+    step_fn, state, frozen = session.step_fn, session.state, session.frozen
+    batches, ckpt, start = session.batches, session.ckpt, session.start
+    train_cfg = session.config.train
     log_every, save_every = int(train_cfg.log_every), int(train_cfg.save_every)
     max_skips = int(train_cfg.get("max_consecutive_skips", 10))
     preempt = Preemption()
     last: dict[str, Any] = {}
-    prefetch = Prefetcher(batches, batch_sh, start)
+    prefetch = Prefetcher(batches, session.batch_sharding, start)
     bar = tqdm(total=steps, initial=start, disable=not show, desc="train", dynamic_ncols=True)
     t_mark, step_mark = None, start
     interrupted = False
