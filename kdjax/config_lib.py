@@ -177,6 +177,7 @@ def mesh_config(**overrides: Any) -> ml_collections.ConfigDict:
         "shape": (-1, 1, 1),
         "axes": ("data", "fsdp", "tensor"),
         "rules": "replicated",  # replicated | fsdp | tensor, or [(logical, mesh_axis), ...]
+        "num_devices": 0,  # 0 = all devices; N = the first N (debugging, scaling checks)
     })
 
 

@@ -177,7 +177,11 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> dict[str, Any]:
     for key in ("steps", "batch_size", "log_every", "save_every"):
         if int(train_cfg.get(key, 0)) <= 0:
             raise ConfigError(f"train.{key} must be a positive integer, got {train_cfg.get(key)}")
-    mesh = shd.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
+    n_dev = int(config.mesh.get("num_devices", 0))
+    if n_dev < 0 or n_dev > jax.device_count():
+        raise ConfigError(f"mesh.num_devices={n_dev} but {jax.device_count()} devices exist")
+    mesh = shd.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes),
+                         devices=jax.devices()[:n_dev] if n_dev else None)
     rules = shd.get_rules(config.mesh.get("rules", "replicated"))
     dp = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
     accum = int(train_cfg.get("grad_accum", 1))
