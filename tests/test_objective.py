@@ -565,8 +565,7 @@ def test_objective_under_jit_matches_eager():
 
 
 # ------------------------------------------------------------------------------------------
-# Known gaps in kdjax/distill/objective.py (build-time only, so cheap). Non-strict xfail: they
-# document the expected behaviour and start passing once objective.py is fixed.
+# Terms that could not run must fail at build time (cheap, before any compute).
 # ------------------------------------------------------------------------------------------
 
 
@@ -579,17 +578,13 @@ def _build_or_config_error(config, s_cfg=STUDENT, t_cfg=TEACHER):
         return None
 
 
-@pytest.mark.xfail(reason="num_relation_heads is validated with int(...) but passed to the "
-                          "loss unconverted: a CLI override gives the string '4', which only "
-                          "fails at the first step", strict=False)
 def test_relation_heads_from_a_cli_override_are_usable():
     config = recipe("minilmv2", "terms.qq.options.num_relation_heads=4")
-    obj = _build_or_config_error(config)
-    assert obj is None or dict(obj.terms[0].options)["num_relation_heads"] == 4
+    obj = build_objective(config, STUDENT, TEACHER)
+    heads = dict(obj.terms[0].options)["num_relation_heads"]
+    assert heads == 4 and isinstance(heads, int)
 
 
-@pytest.mark.xfail(reason="num_relation_heads=0 raises ZeroDivisionError, negative counts pass "
-                          "the build", raises=(AssertionError, ZeroDivisionError), strict=False)
 @pytest.mark.parametrize("heads", [0, -4])
 def test_bad_relation_head_counts_are_config_errors(heads):
     config = {"terms": {"qq": {"loss": "qkv_relation_kl", "feature": "q", "mapping": "last",
@@ -597,8 +592,6 @@ def test_bad_relation_head_counts_are_config_errors(heads):
     assert _build_or_config_error(config) is None
 
 
-@pytest.mark.xfail(reason="terms that cannot run pass the build and fail at the first step",
-                   strict=False)
 @pytest.mark.parametrize("spec, s_cfg", [
     # softmax KD over a discriminator's [B, L] sigmoid logits -> ShapeError at compute
     ({"loss": "kd_loss", "feature": "logits"}, STUDENT),
@@ -615,9 +608,6 @@ def test_unrunnable_terms_fail_at_build(spec, s_cfg):
     assert _build_or_config_error({"terms": {"bad": spec}}, s_cfg) is None
 
 
-@pytest.mark.xfail(reason="needs_mlm_positions ignores hard-label terms on a generator student, "
-                          "so DistillTask never masks and batch['labels'] is missing",
-                   strict=False)
 def test_generator_label_term_needs_mlm_positions():
     config = {"terms": {"mlm": {"loss": "hard_label_loss", "feature": "labels"},
                         "cos": {"loss": "cosine_loss", "feature": "hidden", "mapping": "last",
@@ -625,8 +615,6 @@ def test_generator_label_term_needs_mlm_positions():
     assert build_objective(config, STUDENT_GEN, TEACHER_GEN).needs_mlm_positions
 
 
-@pytest.mark.xfail(reason="cosine schedule passes `end` as optax's alpha (a fraction of start)",
-                   strict=False)
 def test_cosine_schedule_ends_at_end_like_linear():
     spec = {"start": 2.0, "end": 0.5, "steps": 10}
     config = {"terms": {k: {"loss": "binary_kd_loss", "feature": "logits",

@@ -64,6 +64,16 @@ _STACK_LOSSES = {"ltr_distance", "ltr_angle"}
 _EQUAL_HEADS = {"attention_score_mse", "attention_kl", "value_relation_kl"}
 _EQUAL_WIDTH = {"hidden_mse", "cosine_loss"}
 _TEMPERATURE_LOSSES = {"kd_loss", "binary_kd_loss"}
+# The features each per-layer loss can read (others are a config error).
+_HIDDEN = ("hidden", "embeddings")
+_LOSS_FEATURES: dict[str, tuple[str, ...]] = {
+    **{name: _HIDDEN for name in ("hidden_mse", "cosine_loss", "wr_distance", "wr_angle",
+                                  "nst_mmd", "ltr_distance", "ltr_angle")},
+    "attention_kl": ("attention",),
+    "attention_score_mse": ("attention_scores",),
+    "value_relation_kl": ("v",),
+    "qkv_relation_kl": ("q", "k", "v"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +101,11 @@ def make_schedule(spec: Mapping[str, Any] | None, key: str) -> Callable[[Array],
         return None
     spec = dict(spec)
     kind = spec.pop("kind", "constant")
+    allowed = {"constant": set(), "linear": {"start", "end", "steps", "begin"},
+               "cosine": {"start", "end", "steps"}, "piecewise": {"boundaries", "values"}}
+    if kind in allowed and set(spec) - allowed[kind]:
+        raise ConfigError(f"{key}.schedule: unknown key(s) {sorted(set(spec) - allowed[kind])} "
+                          f"for kind {kind!r}; allowed: {sorted(allowed[kind])}")
     try:
         if kind == "constant":
             return None
@@ -100,14 +115,19 @@ def make_schedule(spec: Mapping[str, Any] | None, key: str) -> Callable[[Array],
                 spec.get("begin", 0),
             )
         if kind == "cosine":
-            return optax.cosine_decay_schedule(
-                spec.get("start", 1.0), spec["steps"], alpha=spec.get("end", 0.0)
+            start, end = float(spec.get("start", 1.0)), float(spec.get("end", 0.0))
+            steps = int(spec["steps"])
+            # optax's alpha is a fraction of the start value; `end` here is absolute.
+            return lambda step: end + (start - end) * 0.5 * (
+                1 + jnp.cos(jnp.pi * jnp.minimum(step, steps) / steps)
             )
         if kind == "piecewise":
             bounds, values = list(spec["boundaries"]), list(spec["values"])
             if len(values) != len(bounds) + 1:
                 raise ConfigError(f"{key}.schedule: piecewise needs len(values) = "
                                   f"len(boundaries) + 1, got {len(values)} and {len(bounds)}")
+            if list(bounds) != sorted(bounds):
+                raise ConfigError(f"{key}.schedule.boundaries {bounds} must be increasing")
 
             def piecewise(step: Array) -> Array:
                 idx = jnp.searchsorted(jnp.asarray(bounds), step, side="right")
@@ -156,11 +176,30 @@ class Objective:
         s, t = self.student, self.teacher
         kind = FEATURES[feature][1]
         options = _to_dict(spec.get("options"))
-        if loss == "qkv_relation_kl" and options.get("num_relation_heads", "auto") == "auto":
-            options["num_relation_heads"] = auto_relation_heads(s, t)
+        if loss == "qkv_relation_kl":
+            heads = options.get("num_relation_heads", "auto")
+            if heads == "auto":
+                heads = auto_relation_heads(s, t)
+            try:
+                heads = int(heads)
+            except (TypeError, ValueError):
+                heads = 0
+            if heads < 1:
+                raise ConfigError(f"{key}.options.num_relation_heads must be a positive integer "
+                                  f"or 'auto', got {options.get('num_relation_heads')!r}")
+            options["num_relation_heads"] = heads
             spec = {**spec, "options": options}
+        try:
+            weight = float(spec.get("weight", 1.0))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key}.weight must be a number, got {spec.get('weight')!r}"
+            ) from None
         pairs: tuple[tuple[int, int], ...] = ()
         if kind in ("head", "mlm", "labels"):
+            if spec.get("projection"):
+                raise ConfigError(f"{key}.projection applies to hidden/embeddings features only "
+                                  f"(got feature {feature!r})")
             self._check_logit_term(key, loss, feature)
         else:
             if loss in _LOGIT_LOSSES or loss == "hard_label_loss":
@@ -175,8 +214,9 @@ class Objective:
                 ))
             if kind == "attn" and any(a == 0 or b == 0 for a, b in pairs):
                 raise ConfigError(
-                    f"{key}: feature {feature!r} exists per layer only (no embeddings layer); "
-                    "set include_embeddings=False"
+                    f"{key}: feature {feature!r} exists per layer only (no embeddings layer, "
+                    f"index 0), got pairs {list(pairs)}; set include_embeddings=False or drop "
+                    "the 0 from the explicit pairs"
                 )
             self._check_layer_term(key, loss, feature, spec)
         if loss in _STACK_LOSSES and len(pairs) < 2:
@@ -185,7 +225,7 @@ class Objective:
             options.setdefault("temperature", self.temperature)
 
         return Term(
-            name=name, loss=loss, feature=feature, weight=float(spec.get("weight", 1.0)),
+            name=name, loss=loss, feature=feature, weight=weight,
             pairs=pairs, projection=bool(spec.get("projection", False)),
             options=tuple(sorted(options.items())),
             schedule=make_schedule(_to_dict(spec.get("schedule")), key),
@@ -222,9 +262,22 @@ class Objective:
                               f"teacher {t.num_labels})")
         if loss == "binary_kd_loss" and s.head != "discriminator":
             raise ConfigError(f"{key}: binary_kd_loss is for discriminator heads; use kd_loss")
+        if s.head == "discriminator" and loss == "kd_loss":
+            raise ConfigError(f"{key}: the discriminator has one sigmoid logit per token; use "
+                              "binary_kd_loss (or mse_logits_loss), not kd_loss")
+        if s.head == "generator" and s.vocab_size != t.vocab_size:
+            raise ConfigError(f"{key}: vocab sizes differ (student {s.vocab_size}, teacher "
+                              f"{t.vocab_size}); logit KD needs one vocabulary")
 
     def _check_layer_term(self, key: str, loss: str, feature: str, spec: dict[str, Any]) -> None:
         s, t = self.student, self.teacher
+        wanted = _LOSS_FEATURES.get(loss)
+        if wanted is not None and feature not in wanted:
+            raise ConfigError(f"{key}: {loss} reads feature(s) {', '.join(wanted)}, "
+                              f"not {feature!r}")
+        if spec.get("projection") and feature not in ("hidden", "embeddings"):
+            raise ConfigError(f"{key}.projection applies to hidden/embeddings features only "
+                              f"(got feature {feature!r})")
         if loss in _EQUAL_HEADS and s.num_heads != t.num_heads:
             raise ConfigError(
                 f"{key}: {loss} needs equal head counts, student has {s.num_heads} heads "
@@ -243,12 +296,6 @@ class Objective:
                 if c.hidden_size % heads:
                     raise ConfigError(f"{key}: num_relation_heads={heads} does not divide the "
                                       f"{who} width {c.hidden_size}")
-        if feature in ("q", "k", "v") and loss not in ("qkv_relation_kl", "value_relation_kl"):
-            raise ConfigError(f"{key}: feature {feature} is for qkv_relation_kl/value_relation_kl")
-        if feature in ("attention", "attention_scores") and loss not in (
-            "attention_kl", "attention_score_mse"
-        ):
-            raise ConfigError(f"{key}: feature {feature} is for attention_kl/attention_score_mse")
 
     # -- model requests ------------------------------------------------------------------------
     def model_kwargs(self, who: str) -> dict[str, bool]:
@@ -264,7 +311,10 @@ class Objective:
 
     @property
     def needs_mlm_positions(self) -> bool:
-        return any(t.feature == "mlm_logits" for t in self.terms)
+        """MLM masking is needed for mlm_logits terms, and for hard labels on an MLM head."""
+        return any(t.feature == "mlm_logits" or (t.feature == "labels" and
+                                                  self.student.head == "generator")
+                   for t in self.terms)
 
     @property
     def needs_teacher(self) -> bool:
@@ -328,8 +378,8 @@ class Objective:
                       **opts)
         assert t_out is not None
         if kind == "head":
-            logit_mask = mask if s_out.logits.shape[:2] == mask.shape else None
-            return fn(s_out.logits, t_out.logits, mask=logit_mask, **opts)
+            per_token = self.student.head != "classification"  # [B, L, ...] logits
+            return fn(s_out.logits, t_out.logits, mask=mask if per_token else None, **opts)
         if kind == "mlm":
             return fn(s_out.logits, t_out.logits, mask=batch["mlm_mask"], **opts)
         s_all, t_all = getattr(s_out, field), getattr(t_out, field)
