@@ -185,7 +185,7 @@ def init_params(config: Any, rng: jax.Array | int = 0, length: int = 8) -> dict:
 def abstract_params(config: Any, boxed: bool = False) -> Any:
     """Shapes/dtypes of the parameters (no compute, no memory); `boxed` keeps logical axes."""
     model = build_model(config)
-    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    ids = jax.ShapeDtypeStruct((1, min(8, model.config.max_position_embeddings)), jnp.int32)
     variables = jax.eval_shape(model.init, jax.random.key(0), ids)
     params = variables["params"]
     return params if boxed else nn.meta.unbox(params)
