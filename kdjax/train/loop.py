@@ -100,7 +100,9 @@ def load_teacher(tcfg: Any) -> tuple[EncoderConfig, Any, Path | None, str]:
     path = tcfg.get("path", "")
     overrides = {}
     if tcfg.get("dtype"):
-        overrides["dtype"] = tcfg.dtype
+        # The teacher is frozen: keep its weights in the compute dtype too (half the memory
+        # and bandwidth in bf16); there are no updates to lose precision on.
+        overrides["dtype"] = overrides["param_dtype"] = tcfg.dtype
     if path:
         p = Path(path).expanduser()
         if not p.exists() and "/" not in str(path).strip("/"):
