@@ -17,7 +17,9 @@ from kdjax import distill
 from kdjax.models.config import EncoderConfig
 from kdjax.models.model import EncoderOutput, build_model, init_params
 
-__all__ = ["EncoderConfig", "distill", "EncoderOutput", "build_model", "from_hf", "init_params", "to_hf"]
+__all__ = [
+    "EncoderConfig", "EncoderOutput", "build_model", "distill", "from_hf", "init_params", "to_hf",
+]
 
 
 def from_hf(path_or_hub_id: Any, **overrides: Any) -> tuple[EncoderConfig, dict]:

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from kdjax.config_lib import load_config  # noqa: E402
 from kdjax.data.corpus import local_rows, to_global  # noqa: E402
-from kdjax.train.loop import prepare, train  # noqa: E402
+from kdjax.train.loop import compile_step, prepare, train  # noqa: E402
 
 BASE = ["data.max_length=32", "train.batch_size=8", "train.steps=2", "train.log_every=1",
         "train.save_every=2", "train.warmup_steps=0", "train.async_checkpoints=False",
@@ -57,7 +57,8 @@ def run_steps(name, shape, rules, n_devices=0, steps=2):
             batch = to_global(host, session.batch_sharding, session.batches.global_batch)
             if step == 0:
                 lowered = session.step_fn.lower(state, session.frozen, batch).as_text()
-            state, metrics = session.step_fn(state, session.frozen, batch)
+                step_fn = compile_step(session.step_fn, state, session.frozen, batch)
+            state, metrics = step_fn(state, session.frozen, batch)
             losses.append(float(metrics["loss"]))
     return session, state, losses, lowered
 

@@ -134,6 +134,29 @@ def place(host_tree: Any, shardings: Any) -> Any:
     )
 
 
+def sync_processes(name: str, timeout_s: int = 1800) -> None:
+    """Barrier over all processes through the coordination service (no collectives).
+
+    Processes finish compiling at different times (a loaded host can be minutes behind); the
+    first collective's transport setup (gloo on CPU) only waits 30 s, so the step is compiled
+    ahead of time and processes meet here before running it.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(name, timeout_s * 1000)
+
+
+def compile_step(step_fn: Any, state: Any, frozen: Any, batch: Any) -> Any:
+    """The step compiled ahead of time (then all processes sync), callable like `step_fn`."""
+    compiled = step_fn.lower(state, frozen, batch).compile()
+    sync_processes("kdjax_step_compiled")
+    return compiled
+
+
 def gather(tree: Any) -> Any:
     """Global arrays -> full numpy on every process (for writing model dirs)."""
     if jax.process_count() == 1:
@@ -415,6 +438,8 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
         with preempt.installed():
             for step in range(start, steps):
                 batch = prefetch.next(step)
+                if step == start:
+                    step_fn = compile_step(step_fn, state, frozen, batch)
                 state, metrics = step_fn(state, frozen, batch)
                 done = step + 1
                 if t_mark is None:  # exclude compilation from throughput
