@@ -1,0 +1,741 @@
+"""kdjax -> Hugging Face: model directories that transformers loads unchanged.
+
+Two formats (see docs/export.md):
+
+* ``"electra"``: a standard transformers ELECTRA (or BERT, for ``family="bert"``) directory.
+  Low-rank factors are multiplied out (`kdjax.factorize.merge_params`): the outputs are the
+  same, the file is as large as the dense model. Loads with the ordinary classes
+  (``ElectraForPreTraining``, ``AutoModelForSequenceClassification``, ``pipeline``...).
+* ``"factorized"``: the factors are kept, so the file is 4 bytes x the student's parameter
+  count; the directory ships ``configuration_kdjax_electra.py`` / ``modeling_kdjax_electra.py``
+  (from ``kdjax/hf_remote/``) and an ``auto_map``, so the Auto classes load it with
+  ``trust_remote_code=True``.
+
+Weight names come from `kdjax.hf.key_table`, the table `kdjax.from_hf` imports with, so an
+export reads back with `kdjax.from_hf` to the same parameters.
+
+Python API: `to_hf` (config + params -> directory), `export_workdir` (a run's Orbax checkpoint
+-> directory), `export_size` (exact file size without writing). CLI: `add_export_cli`
+(``kdjax export --workdir DIR --out HF_DIR --format electra|factorized``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax.traverse_util import flatten_dict
+
+from kdjax.errors import CheckpointError, ConfigError, KdjaxError
+from kdjax.hf import key_table
+from kdjax.models.config import EncoderConfig
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("electra", "factorized")
+DTYPES = ("float32", "bfloat16")
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+_ELECTRA_ARCHS = {
+    "none": "ElectraModel",
+    "discriminator": "ElectraForPreTraining",
+    "generator": "ElectraForMaskedLM",
+    "classification": "ElectraForSequenceClassification",
+    "token_classification": "ElectraForTokenClassification",
+    "qa": "ElectraForQuestionAnswering",
+}
+_BERT_ARCHS = {
+    "none": "BertModel",
+    "generator": "BertForMaskedLM",
+    "classification": "BertForSequenceClassification",
+    "token_classification": "BertForTokenClassification",
+    "qa": "BertForQuestionAnswering",
+}
+_AUTO_CLASSES = {
+    "none": "AutoModel",
+    "discriminator": "AutoModelForPreTraining",
+    "generator": "AutoModelForMaskedLM",
+    "classification": "AutoModelForSequenceClassification",
+    "token_classification": "AutoModelForTokenClassification",
+    "qa": "AutoModelForQuestionAnswering",
+}
+_PIPELINE_TAGS = {
+    "none": "feature-extraction",
+    "discriminator": "feature-extraction",
+    "generator": "fill-mask",
+    "classification": "text-classification",
+    "token_classification": "token-classification",
+    "qa": "question-answering",
+}
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16"}
+_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+# -- checks and conversions -------------------------------------------------------------------
+def _check_format(format: str) -> str:
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    return format
+
+
+def _check_dtype(dtype: Any) -> str:
+    name = getattr(dtype, "name", None) or str(dtype)
+    name = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16"}.get(name, name)
+    if name not in DTYPES:
+        raise ConfigError(f"export dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return name
+
+
+def _np_dtype(name: str) -> Any:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.float32
+
+
+def _check_family(cfg: EncoderConfig, format: str) -> None:
+    if cfg.family == "electra":
+        return
+    if format == "factorized":
+        raise ConfigError(
+            "format='factorized' ships a low-rank ELECTRA; a BERT-family model "
+            "(model.family='bert') exports with format='electra' (as a transformers BERT)"
+        )
+    if cfg.head == "discriminator":
+        raise ConfigError("transformers has no BERT class with an ELECTRA discriminator head; "
+                          "export it with model.family='electra'")
+    if cfg.emb_size != cfg.hidden_size:
+        raise ConfigError(f"a BERT-family model needs embedding_size == hidden_size "
+                          f"({cfg.emb_size} != {cfg.hidden_size}); use model.family='electra'")
+    if cfg.head == "none":
+        log.warning("BertModel has a pooler that kdjax does not keep: transformers initialises "
+                    "bert.pooler.* at random (pooler_output is meaningless, the hidden states "
+                    "are exact)")
+    if cfg.head == "generator" and cfg.hidden_act != "gelu":
+        raise ConfigError(f"BERT's MLM transform uses hidden_act ({cfg.hidden_act!r}) where "
+                          "kdjax's uses exact GELU; export with model.family='electra'")
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes of a size like 50MB (10^6), 1GB, 500KB or 64MiB (2^20); an int is bytes."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ConfigError(f"max_shard_size must be positive, got {size}")
+        return size
+    text = str(size).strip().upper().replace(" ", "")
+    units = (("KIB", 2**10), ("MIB", 2**20), ("GIB", 2**30), ("KB", 10**3), ("MB", 10**6),
+             ("GB", 10**9), ("B", 1))
+    unit, factor = next(((u, f) for u, f in units if text.endswith(u)), ("", 1))
+    number = text[: len(text) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"max_shard_size={size!r} is not a size like '50MB', '2GB' or '64MiB'")
+    return int(value * factor)
+
+
+def _host_tree(params: Any) -> dict:
+    """Plain nested dicts of float32 numpy arrays (jax arrays fetched, boxes removed)."""
+    import flax.linen as nn
+    import jax
+
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+        params = params["params"]  # a variables dict
+    params = nn.meta.unbox(params)
+    host = jax.device_get(params)
+
+    def plain(tree: Any) -> Any:
+        if isinstance(tree, Mapping):
+            return {str(k): plain(v) for k, v in tree.items()}
+        return np.asarray(tree).astype(np.float32)
+
+    return plain(host)
+
+
+def _checked_flat(params: dict, cfg: EncoderConfig) -> dict[tuple[str, ...], np.ndarray]:
+    """Flat {path: array} of `cfg` (loop layout); ConfigError on missing/misshapen weights."""
+    from kdjax.models.model import abstract_params
+
+    want = flatten_dict(abstract_params(cfg))
+    have = flatten_dict(params)
+    problems = [f"missing {'/'.join(p)}" for p in want if p not in have]
+    problems += [f"{'/'.join(p)} has shape {tuple(have[p].shape)}, the config gives "
+                 f"{tuple(s.shape)}" for p, s in want.items()
+                 if p in have and tuple(have[p].shape) != tuple(s.shape)]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        ranks = (f"num_layers={cfg.num_layers}, head={cfg.head!r}, ranks "
+                 f"{cfg.embedding_rank}/{cfg.attention_rank}/{cfg.ffn_rank}")
+        raise ConfigError(f"params do not match the model config ({ranks}): "
+                          f"{'; '.join(problems[:3])}{more}; pass the config the params were "
+                          "built with (and only the model's params, e.g. state.params['student'])")
+    extra = sorted("/".join(p) for p in have if p not in want)
+    if extra:
+        log.warning("to_hf: dropping %d weight(s) the model does not use: %s", len(extra),
+                    ", ".join(extra[:6]) + (" ..." if len(extra) > 6 else ""))
+    return {p: have[p] for p in want}
+
+
+def _prefix(cfg: EncoderConfig) -> str:
+    return "" if cfg.head == "none" else f"{cfg.family}."
+
+
+def hf_state_dict(
+    model_config: Any, params: Any, format: str = "electra"
+) -> tuple[EncoderConfig, dict[str, np.ndarray]]:
+    """(config of the exported model, {HF key: float32 array [torch layout]}) for `format`.
+
+    Accepts the scan or loop layout, jax or numpy arrays. For format="electra" the low-rank
+    factors are multiplied out, so the returned config has all ranks 0.
+    """
+    from kdjax.factorize import merge_params, unstack_layers
+
+    format = _check_format(format)
+    cfg = EncoderConfig.from_any(model_config)
+    _check_family(cfg, format)
+    host = _host_tree(params)
+    if not isinstance(host, dict) or not {"embeddings", "encoder"} <= set(host):
+        found = ", ".join(sorted(host)) if isinstance(host, dict) else type(host).__name__
+        raise ConfigError(f"params have no embeddings/encoder (found: {found}); pass only the "
+                          "model's own params, e.g. state.params['student']")
+    host = unstack_layers(host, cfg)
+    out_cfg = cfg.replace(scan_layers=False, remat=False, param_dtype="float32", dtype="float32")
+    flat = _checked_flat(host, out_cfg)
+    if format == "electra" and out_cfg.is_factorized:
+        from flax.traverse_util import unflatten_dict
+
+        out_cfg, merged = merge_params(unflatten_dict(flat), out_cfg)
+        flat = {p: np.asarray(v) for p, v in flatten_dict(merged).items()}
+    state = {}
+    for hf_key, path, transform in key_table(out_cfg, _prefix(out_cfg)):
+        value = flat[path]
+        state[hf_key] = np.ascontiguousarray(value.T if transform == "linear" else value)
+    return out_cfg, state
+
+
+# -- config.json ------------------------------------------------------------------------------
+def _labels(cfg: EncoderConfig, id2label: Any) -> dict[str, Any]:
+    if cfg.head not in ("classification", "token_classification"):
+        if id2label is not None:
+            log.warning("to_hf: id2label ignored for head %r", cfg.head)
+        return {}
+    if id2label is None:
+        names = [f"LABEL_{i}" for i in range(cfg.num_labels)]
+    elif isinstance(id2label, Mapping):
+        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        if sorted(int(k) for k in id2label) != list(range(len(names))):
+            raise ConfigError(f"id2label keys must be 0..{len(names) - 1}, got {list(id2label)}")
+    else:
+        names = [str(x) for x in id2label]
+    if len(names) != cfg.num_labels:
+        raise ConfigError(f"id2label has {len(names)} labels but model.num_labels="
+                          f"{cfg.num_labels}")
+    return {"id2label": {str(i): n for i, n in enumerate(names)},
+            "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def hf_config(
+    cfg: EncoderConfig,
+    format: str = "electra",
+    dtype: str = "float32",
+    id2label: Any = None,
+    source: EncoderConfig | None = None,
+) -> dict[str, Any]:
+    """The config.json dict of an export of `cfg` (the exported model's config).
+
+    `source` is the config the weights came from (differs from `cfg` when factors were merged).
+    """
+    from kdjax import __version__
+
+    format, dtype = _check_format(format), _check_dtype(dtype)
+    bert = cfg.family == "bert"
+    kd: dict[str, Any] = {"format": format, "family": cfg.family, "head": cfg.head,
+                          "kdjax_version": __version__}
+    if format == "factorized":
+        from kdjax.hf_remote import ARCHITECTURES, AUTO_MAP, MODEL_TYPE
+
+        arch, model_type = ARCHITECTURES[cfg.head], MODEL_TYPE
+        ranks = {"embedding_rank": cfg.embedding_rank, "attention_rank": cfg.attention_rank,
+                 "ffn_rank": cfg.ffn_rank}
+        kd.update(ranks)
+    else:
+        arch = (_BERT_ARCHS if bert else _ELECTRA_ARCHS)[cfg.head]
+        model_type, ranks = ("bert" if bert else "electra"), {}
+        if source is not None and source.is_factorized:
+            kd["merged_from_ranks"] = {"embedding": source.embedding_rank,
+                                       "attention": source.attention_rank,
+                                       "ffn": source.ffn_rank}
+    out: dict[str, Any] = {"architectures": [arch], "model_type": model_type}
+    if format == "factorized":
+        out["auto_map"] = dict(AUTO_MAP)
+    out.update({
+        "vocab_size": cfg.vocab_size,
+        **({} if bert else {"embedding_size": cfg.emb_size}),
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "hidden_act": cfg.hidden_act,
+        "hidden_dropout_prob": cfg.hidden_dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "classifier_dropout": None if cfg.classifier_dropout < 0 else cfg.classifier_dropout,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size,
+        "initializer_range": cfg.initializer_range,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "pad_token_id": cfg.pad_token_id,
+        "tie_word_embeddings": True,
+        "dtype": dtype,
+        **ranks,
+        **_labels(cfg, id2label),
+        "kdjax": kd,
+    })
+    return out
+
+
+# -- safetensors ------------------------------------------------------------------------------
+def _safetensors_header_bytes(tensors: Mapping[str, tuple[tuple[int, ...], str]],
+                              metadata: Mapping[str, str]) -> int:
+    """Bytes of a safetensors header (8-byte length + padded JSON) for these tensors.
+
+    Mirrors the Rust writer: tensors sorted by name (one dtype), compact JSON, spaces to a
+    multiple of 8.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in sorted(tensors):
+        shape, dtype = tensors[name]
+        size = math.prod(shape) * _BYTES[dtype]
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    n = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
+    return 8 + n + (8 - n % 8) % 8
+
+
+def export_size(model_config: Any, format: str = "factorized",
+                dtype: str = "float32") -> dict[str, Any]:
+    """Exact size of the (unsharded) model.safetensors an export of `model_config` would write.
+
+    Computed from shapes only (`jax.eval_shape`): nothing is allocated or written, so this is
+    instant for any model. Returns {"params", "bytes", "mb", "tensors"}.
+    """
+    from kdjax.models.model import abstract_params
+
+    format, dtype = _check_format(format), _check_dtype(dtype)
+    cfg = EncoderConfig.from_any(model_config).replace(scan_layers=False, remat=False)
+    _check_family(cfg, format)
+    if format == "electra":
+        cfg = cfg.replace(embedding_rank=0, attention_rank=0, ffn_rank=0)
+    shapes = flatten_dict(abstract_params(cfg))
+    tensors = {}
+    for hf_key, path, transform in key_table(cfg, _prefix(cfg)):
+        shape = tuple(shapes[path].shape)
+        tensors[hf_key] = (shape[::-1] if transform == "linear" else shape, dtype)
+    params = sum(math.prod(s) for s, _ in tensors.values())
+    size = _safetensors_header_bytes(tensors, {"format": "pt"}) + params * _BYTES[dtype]
+    return {"params": params, "bytes": size, "mb": round(size / 1e6, 2), "tensors": len(tensors)}
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def _write_weights(state: dict[str, np.ndarray], out: Path,
+                   max_shard_size: int | str | None) -> list[str]:
+    """model.safetensors, or shards + model.safetensors.index.json (as transformers names them)."""
+    for old in [*out.glob("model*.safetensors"), out / INDEX_NAME]:
+        if old.is_file():
+            old.unlink()  # stale weights of an earlier export would shadow or mix with these
+    limit = parse_size(max_shard_size) if max_shard_size is not None else None
+    shards: list[dict[str, np.ndarray]] = [{}]
+    used = 0
+    for key in sorted(state):
+        nbytes = state[key].nbytes
+        if limit is not None and shards[-1] and used + nbytes > limit:
+            shards.append({})
+            used = 0
+        shards[-1][key] = state[key]
+        used += nbytes
+    if len(shards) == 1:
+        _save_safetensors(shards[0], out / WEIGHTS_NAME)
+        return [WEIGHTS_NAME]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        _save_safetensors(shard, out / name)
+        weight_map.update({k: name for k in shard})
+    index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))},
+             "weight_map": dict(sorted(weight_map.items()))}
+    (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return [*names, INDEX_NAME]
+
+
+# -- model card -------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _model_card(cfg: EncoderConfig, source: EncoderConfig, format: str, dtype: str,
+                params: int, file_bytes: int, card: Mapping[str, Any] | None) -> str:
+    card = dict(card or {})
+    name = card.pop("name", None) or f"kdjax {cfg.family} ({cfg.head})"
+    description = card.pop("description", "")
+    language = card.pop("language", "ko")
+    license_ = card.pop("license", None)
+    metrics = card.pop("metrics", None) or {}
+    auto = _AUTO_CLASSES[cfg.head]
+    remote = format == "factorized"
+    tags = ["kdjax", cfg.family, "knowledge-distillation"]
+    if source.is_factorized:
+        tags.append("low-rank")
+    front = ["---", f"language: {language}", "library_name: transformers",
+             f"pipeline_tag: {_PIPELINE_TAGS[cfg.head]}", "tags:", *[f"- {t}" for t in tags]]
+    if license_:
+        front.append(f"license: {license_}")
+    front.append("---")
+    ranks = (f"embedding {source.embedding_rank}, attention {source.attention_rank}, "
+             f"FFN {source.ffn_rank}" if source.is_factorized else "dense")
+    if format == "factorized":
+        fmt = ("factorized: the low-rank factors are kept (custom code in this directory, load "
+               "with `trust_remote_code=True`)")
+    elif source.is_factorized:
+        fmt = (f"{cfg.family}: standard transformers {cfg.family.upper()}; the low-rank factors "
+               "were multiplied out (same outputs, dense size)")
+    else:
+        fmt = f"{cfg.family}: standard transformers {cfg.family.upper()}"
+    rows = [
+        ("format", fmt),
+        ("architecture", hf_config(cfg, format)["architectures"][0]),
+        ("parameters", f"{params:,}"),
+        ("fp32 size", f"{params * 4 / 1e6:.1f} MB"),
+        (f"weights on disk ({dtype})", f"{file_bytes / 1e6:.1f} MB"),
+        ("shape", f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
+                  f"FFN {cfg.intermediate_size}, embedding {cfg.emb_size}, vocab "
+                  f"{cfg.vocab_size}, max length {cfg.max_position_embeddings}"),
+        ("low-rank factorization", ranks),
+        ("head", cfg.head),
+    ]
+    lines = [*front, "", f"# {name}", ""]
+    if description:
+        lines += [description, ""]
+    lines += ["Exported from kdjax (JAX/Flax knowledge distillation and low-rank factorization "
+              "of Korean ELECTRA models).", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    trust = ", trust_remote_code=True" if remote else ""
+    lines += ["", "## Usage", "", "```python",
+              f"from transformers import AutoTokenizer, {auto}", "",
+              f'tokenizer = AutoTokenizer.from_pretrained("PATH"{trust})',
+              f'model = {auto}.from_pretrained("PATH"{trust})',
+              'outputs = model(**tokenizer("안녕하세요", return_tensors="pt"))', "```", ""]
+    lines += ["`kdjax.from_hf(\"PATH\")` reads this directory back into Flax.", ""]
+    if card:
+        lines += ["## Training", "", "| | |", "| --- | --- |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in card.items() if v not in (None, "", {})]
+        lines.append("")
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- the export -------------------------------------------------------------------------------
+def _resolve_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer is None or hasattr(tokenizer, "save_pretrained"):
+        return tokenizer
+    from kdjax.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer)
+
+
+def to_hf(
+    model_config: Any,
+    params: Any,
+    out_dir: str | os.PathLike,
+    format: str = "electra",
+    tokenizer: Any = None,
+    dtype: str = "float32",
+    max_shard_size: int | str | None = None,
+    model_card: Mapping[str, Any] | None = None,
+    id2label: Any = None,
+) -> Path:
+    """Write a Hugging Face model directory for a kdjax model; returns its path.
+
+    Args:
+      model_config: the model's `EncoderConfig` (or a dict / ml-collections model section).
+      params: its parameters (scan or loop layout; numpy or jax arrays; only the model's own
+        weights - distillation projections and optimizer state are not part of them).
+      out_dir: output directory (created; earlier weight files in it are replaced).
+      format: "electra" (standard transformers ELECTRA/BERT, factors multiplied out) or
+        "factorized" (factors kept; custom code + auto_map, load with trust_remote_code=True).
+      tokenizer: a transformers tokenizer or a tokenizer path; saved with `save_pretrained`.
+      dtype: "float32" or "bfloat16" (transformers then loads the model in bfloat16).
+      max_shard_size: e.g. "50MB": split the weights into shards of at most this size plus
+        model.safetensors.index.json (a single tensor larger than that gets its own shard).
+      model_card: README.md content: optional "name", "description", "license", "metrics"
+        (dict), anything else (recipe, teacher, steps...) is listed under "Training".
+      id2label: label names (list, or {id: name}) of a classification / token classification
+        head; default LABEL_0...
+    """
+    format, dtype = _check_format(format), _check_dtype(dtype)
+    source = EncoderConfig.from_any(model_config)
+    out_cfg, state = hf_state_dict(source, params, format)
+    config = hf_config(out_cfg, format, dtype, id2label, source=source)
+    tok = _resolve_tokenizer(tokenizer)
+    if tok is not None and len(tok) > out_cfg.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
+                          f"{out_cfg.vocab_size}; pass the tokenizer the model was trained with")
+    np_dtype = _np_dtype(dtype)
+    state = {k: v.astype(np_dtype) for k, v in state.items()}
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_weights(state, out, max_shard_size)
+    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    from kdjax.hf_remote import FILES, REMOTE_DIR
+
+    for name in FILES:
+        if format == "factorized":
+            shutil.copyfile(REMOTE_DIR / name, out / name)
+        elif (out / name).is_file():
+            (out / name).unlink()  # left over from a factorized export into the same dir
+    if tok is not None:
+        tok.save_pretrained(str(out))
+    n_params = sum(v.size for v in state.values())
+    file_bytes = sum((out / f).stat().st_size for f in files if f.endswith(".safetensors"))
+    card = _model_card(out_cfg, source, format, dtype, n_params, file_bytes, model_card)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    log.info("exported %s (%s, %s, %d params, %.1f MB) to %s", config["architectures"][0],
+             format, dtype, n_params, file_bytes / 1e6, out)
+    return out
+
+
+# -- from a run's workdir ---------------------------------------------------------------------
+def _checkpoint_steps(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_metrics(workdir: Path) -> dict[str, Any]:
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut off by a crash
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in record.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {}
+
+
+def _find_tokenizer(workdir: Path, meta: Mapping[str, Any]) -> Any:
+    """The run's tokenizer: WORKDIR/model, WORKDIR/tokenizer, data.tokenizer, the teacher's."""
+    from kdjax.data.tokenizer import load_tokenizer
+
+    candidates: list[str | Path] = [workdir / "model", workdir / "tokenizer",
+                                    workdir / "generator"]
+    data = (meta.get("config") or {}).get("data") or {}
+    if data.get("tokenizer") not in (None, "", "auto"):
+        candidates.append(str(data["tokenizer"]))
+    teacher = meta.get("teacher")
+    if isinstance(teacher, str) and teacher not in ("", "random"):
+        candidates += [Path(teacher) / "model", Path(teacher)]
+    for cand in candidates:
+        if not Path(cand).exists():
+            continue
+        try:
+            return load_tokenizer(cand)
+        except KdjaxError:
+            continue
+    log.warning("export: no tokenizer found for %s (looked in %s); the export has no "
+                "tokenizer files", workdir, ", ".join(str(c) for c in candidates))
+    return None
+
+
+def _run_card(wd: Path, meta: Mapping[str, Any], cfg: EncoderConfig,
+              part: str) -> dict[str, Any]:
+    """Model-card fields of a run: name, kind, recipe, objective, teacher, step, metrics."""
+    from kdjax.models.size import param_report
+
+    run_config = meta.get("config") or {}
+    objective = run_config.get("objective")
+    terms = objective.get("terms") if isinstance(objective, Mapping) else None
+    card: dict[str, Any] = {
+        "name": f"{run_config.get('name') or wd.name}" + (f" ({part})" if part else ""),
+        "kind": meta.get("kind") or meta.get("trained_by"),
+        "recipe": run_config.get("name"),
+        "objective": ", ".join(f"{k}: {v.get('loss')}" for k, v in terms.items()
+                               if isinstance(v, Mapping)) if isinstance(terms, Mapping) else None,
+        "teacher": meta.get("teacher"),
+    }
+    if meta.get("teacher_config"):
+        try:
+            teacher = param_report(meta["teacher_config"])["params"]
+            student = param_report(cfg)["params"]
+            card["teacher params"] = f"{teacher:,}"
+            card["compression"] = f"{teacher / student:.1f}x fewer parameters than the teacher"
+        except KdjaxError:
+            pass
+    card.update({"step": meta.get("step"), "workdir": str(wd), "metrics": _last_metrics(wd)})
+    return card
+
+
+def _load_run_model(workdir: Path, step: int | None,
+                    part: str) -> tuple[EncoderConfig, Any, dict[str, Any]]:
+    from kdjax.modeldir import MODEL_FILE, load_from_checkpoint, load_model_dir
+
+    if not workdir.exists():
+        raise CheckpointError(f"workdir {workdir} does not exist")
+    ckpt = workdir / "checkpoints"
+    steps = _checkpoint_steps(ckpt)
+    if steps:
+        if step is not None and step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {ckpt} (have {steps})")
+        used = steps[-1] if step is None else step
+        cfg, params = load_from_checkpoint(workdir, used, part=part)
+        meta = _read_json(ckpt / str(used) / "meta" / "metadata")
+        return cfg, params, {**meta, "step": used}
+    # No checkpoints: a kdjax model directory (WORKDIR/model, or the directory itself) will do.
+    model_dir = {"": [workdir, workdir / "model"], "gen": [workdir / "generator"]}.get(part, [])
+    for cand in model_dir:
+        if (cand / MODEL_FILE).is_file() and step is None:
+            cfg, params = load_model_dir(cand)
+            info = _read_json(cand / MODEL_FILE)
+            info.pop("config", None)
+            return cfg, params, info
+    raise CheckpointError(
+        f"no checkpoints in {ckpt}" + (f" for step {step}" if step is not None else "")
+        + " and no kdjax model directory in the workdir; is it the --workdir of a "
+        "`kdjax distill`/`pretrain` run?"
+    )
+
+
+def export_workdir(
+    workdir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    format: str = "electra",
+    step: int | None = None,
+    dtype: str = "float32",
+    part: str = "",
+    max_shard_size: int | str | None = None,
+    tokenizer: Any = None,
+    model_card: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export the model of a kdjax run (its Orbax checkpoint) as a Hugging Face directory.
+
+    The checkpoint is restored to host numpy on CPU (`kdjax.train.checkpoint.read_state_numpy`),
+    whatever mesh it was saved on; only the main model's weights are kept (`part="gen"` picks
+    the generator of a pretrain run, with the embeddings it shares with the discriminator).
+    The tokenizer is the run's (WORKDIR/model or WORKDIR/tokenizer, else data.tokenizer or the
+    teacher's directory from the checkpoint's meta); the model card records the run (kind,
+    recipe, teacher, step) and the last line of WORKDIR/metrics.jsonl. On multi-host runs
+    every process restores, process 0 writes. Without checkpoints, a kdjax model directory
+    (WORKDIR/model) is exported instead.
+
+    Raises CheckpointError (missing workdir / checkpoint / model part) and ConfigError
+    (unknown format or dtype) with one-line messages.
+    """
+    import jax
+
+    format, dtype = _check_format(format), _check_dtype(dtype)
+    if max_shard_size is not None:
+        parse_size(max_shard_size)
+    wd = Path(workdir).expanduser()
+    cfg, params, meta = _load_run_model(wd, step, part)
+    tok = _resolve_tokenizer(tokenizer) if tokenizer is not None else _find_tokenizer(wd, meta)
+    card = _run_card(wd, meta, cfg, part)
+    card.update(model_card or {})
+    labels = meta.get("id2label") or meta.get("labels")
+    if jax.process_index() != 0:
+        return Path(out_dir)
+    return to_hf(cfg, params, out_dir, format=format, tokenizer=tok, dtype=dtype,
+                 max_shard_size=max_shard_size, model_card=card,
+                 id2label=labels if cfg.head in ("classification", "token_classification")
+                 else None)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def add_export_cli(subparsers: argparse._SubParsersAction) -> Any:
+    """Add `kdjax export` to the CLI; returns its handler `(args, overrides) -> int`."""
+    p = subparsers.add_parser(
+        "export", help="convert a run's checkpoint into a Hugging Face model directory",
+        description="Restore the Orbax checkpoint of a kdjax run (any mesh) on CPU and write a "
+        "transformers directory: --format electra (standard ELECTRA, low-rank factors "
+        "multiplied out) or --format factorized (factors kept, trust_remote_code=True).",
+    )
+    p.add_argument("--workdir", required=True, help="run directory of `kdjax distill/pretrain`")
+    p.add_argument("--out", required=True, help="output Hugging Face model directory")
+    p.add_argument("--format", default="electra", help="electra (default) | factorized")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) | bfloat16")
+    p.add_argument("--part", default="", help="model of the run to export (default: the main "
+                   "one; 'gen' = the generator of a pretrain run)")
+    p.add_argument("--max_shard_size", default=None,
+                   help="split the weights into shards of at most this size, e.g. 50MB")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory (default: the run's own)")
+    return run_export_cli
+
+
+def run_export_cli(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`kdjax export`: prints one JSON line describing the written directory."""
+    if overrides:
+        raise ConfigError(f"kdjax export takes no --config.* overrides (got {overrides[0]})")
+    out = export_workdir(args.workdir, args.out, format=args.format, step=args.step,
+                         dtype=args.dtype, part=args.part, max_shard_size=args.max_shard_size,
+                         tokenizer=args.tokenizer)
+    import jax
+
+    if jax.process_index() == 0:
+        config = _read_json(out / "config.json")
+        files = sorted(p.name for p in out.iterdir() if p.is_file())
+        size = sum((out / f).stat().st_size for f in files if f.endswith(".safetensors"))
+        print(json.dumps({"out": str(out), "format": args.format, "dtype": args.dtype,
+                          "architecture": (config.get("architectures") or [None])[0],
+                          "weights_mb": round(size / 1e6, 2), "files": files},
+                         ensure_ascii=False))
+    return 0
+
+
+__all__ = [
+    "add_export_cli",
+    "export_size",
+    "export_workdir",
+    "hf_config",
+    "hf_state_dict",
+    "parse_size",
+    "run_export_cli",
+    "to_hf",
+]
