@@ -81,6 +81,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 
     handlers.update(add_train_commands(sub))
 
+    from kdjax.export import add_export_cli
+
+    handlers["export"] = add_export_cli(sub)
+
     return parser, handlers
 
 

@@ -42,6 +42,13 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "BertForSequenceClassification": ("bert", "classification"),
     "BertForTokenClassification": ("bert", "token_classification"),
     "BertForQuestionAnswering": ("bert", "qa"),
+    # kdjax's own factorized export (model_type "kdjax_electra", code in kdjax/hf_remote/).
+    "KdjaxElectraModel": ("electra", "none"),
+    "KdjaxElectraForPreTraining": ("electra", "discriminator"),
+    "KdjaxElectraForMaskedLM": ("electra", "generator"),
+    "KdjaxElectraForSequenceClassification": ("electra", "classification"),
+    "KdjaxElectraForTokenClassification": ("electra", "token_classification"),
+    "KdjaxElectraForQuestionAnswering": ("electra", "qa"),
 }
 
 # Keys that exist in HF checkpoints but carry nothing kdjax needs (or duplicate a tied weight).
@@ -251,6 +258,8 @@ def config_from_hf(
     known architecture.
     """
     model_type = hf.get("model_type", "")
+    if model_type == "kdjax_electra":  # factorized kdjax export: ELECTRA with low-rank layers
+        model_type = "electra"
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None)
     if model_type not in ("electra", "bert") and arch is None:

@@ -39,13 +39,6 @@ from kdjax.models.model import abstract_params  # noqa: E402
 
 TOL = 1e-5
 
-# `kdjax.from_hf` reads factorized exports (model_type "kdjax_electra") once kdjax/hf.py maps
-# the KdjaxElectra* architectures (a 9-line patch to hf.py); until then that round trip xfails.
-HF_READS_FACTORIZED = "KdjaxElectraModel" in kdjax.hf.ARCHITECTURES
-needs_hf_patch = pytest.mark.xfail(
-    not HF_READS_FACTORIZED, raises=CheckpointError, strict=True,
-    reason="kdjax/hf.py does not map the KdjaxElectra* architectures (model_type kdjax_electra)",
-)
 
 KOREAN = [
     "오늘은 날씨가 정말 좋습니다.",
@@ -222,7 +215,7 @@ ROUND_TRIP = [("teacher", "discriminator"), ("kd", "classification"),
 
 
 @pytest.mark.parametrize(
-    "format", ["electra", pytest.param("factorized", marks=needs_hf_patch)])
+    "format", ["electra", "factorized"])
 @pytest.mark.parametrize("name,head", ROUND_TRIP, ids=[f"{m}-{h}" for m, h in ROUND_TRIP])
 def test_from_hf_round_trip(tmp_path, vocab, name, head, format):
     cfg, params, ref = reference(name, head, vocab)
@@ -369,8 +362,7 @@ def test_sharded_export_loads(tmp_path, vocab):
             assert (out / shard).stat().st_size < 20_000 + 4_000  # + header
         model = load_auto(out, "generator", format)
         assert_same(torch_outputs(model, *batch(vocab)), ref, what=f"sharded {format}")
-        if format == "electra" or HF_READS_FACTORIZED:
-            assert_same(flax_outputs(*kdjax.from_hf(out), *batch(vocab)), ref, what="sharded")
+        assert_same(flax_outputs(*kdjax.from_hf(out), *batch(vocab)), ref, what="sharded")
     # re-exporting unsharded into the same directory removes the shards
     to_hf(cfg, params, tmp_path / "electra", format="electra")
     assert sorted(p.name for p in (tmp_path / "electra").glob("model*")) == ["model.safetensors"]
@@ -390,9 +382,8 @@ def test_bfloat16_export_loads_as_bfloat16(tmp_path, vocab):
         assert next(model.parameters()).dtype == torch.bfloat16
         assert_same(torch_outputs(model.float(), *batch(vocab)), ref, tol=0.1,
                     what=f"bf16 {format}")
-        if format == "electra" or HF_READS_FACTORIZED:
-            cfg2, params2 = kdjax.from_hf(b16)  # upcast to fp32 params
-            assert_same(flax_outputs(cfg2, params2, *batch(vocab)), ref, tol=0.1, what="bf16")
+        cfg2, params2 = kdjax.from_hf(b16)  # upcast to fp32 params
+        assert_same(flax_outputs(cfg2, params2, *batch(vocab)), ref, tol=0.1, what="bf16")
 
 
 def test_scan_layout_and_jax_arrays_export_the_same_bytes(tmp_path, vocab):
