@@ -45,10 +45,14 @@ def _cmd_params(args: argparse.Namespace, overrides: list[str]) -> int:
     from kdjax.models.size import param_report
 
     config = load_config(args.config, overrides)
-    section = config.get("student") or config.get("model")
-    if section is None:
-        raise KdjaxError(f"config {args.config} has no 'model' (or 'student') section")
-    model = section.get("model", section) if hasattr(section, "get") else section
+    # A size config has `model`; a recipe has student (distill) or discriminator (pretrain).
+    for key in ("model", "student", "discriminator"):
+        if key in config:
+            section = config[key]
+            break
+    else:
+        raise KdjaxError(f"config {args.config} has no model, student or discriminator section")
+    model = section.get("model", section)
     report = param_report(model)
     report = {"params": report.pop("params"), "fp32_mb": report.pop("fp32_mb"), **report}
     if "name" in config:

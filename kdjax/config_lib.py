@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,13 @@ def load_config(
         raise ConfigError(f"could not load config {path}: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")
+    if arg is not None:
+        try:
+            inspect.signature(module.get_config).bind(arg)
+        except TypeError:
+            raise ConfigError(
+                f"config file {path} has get_config() without an argument; drop ':{arg}'"
+            ) from None
     config = module.get_config(arg) if arg is not None else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
@@ -84,6 +92,10 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         raise ConfigError(
             f"--config.{key}={text!r} is not a valid {type(current).__name__}"
         ) from None
+    if isinstance(value, bool) and current is not None:  # bool is an int subclass
+        raise ConfigError(
+            f"--config.{key}={text!r} has type bool, expected {type(current).__name__}"
+        )
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if current is not None and not isinstance(value, type(current)):

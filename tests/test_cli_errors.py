@@ -146,9 +146,6 @@ def test_empty_corpus_file(capsys, tmp_path, teacher_dir):
     assert not (workdir / "checkpoints").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tokenize_corpus draws its tqdm bar on stderr even "
-                   "with --no_progress (train() passes show_progress=is_main) and never closes "
-                   "it on error, so stderr holds the bar before the error line")
 def test_empty_corpus_file_one_line(capsys, tmp_path, teacher_dir):
     line = run_cli(capsys, tmp_path / "w", *_empty_corpus_args(tmp_path, teacher_dir))
     assert "empty.txt" in line and "no text" in line
@@ -175,9 +172,6 @@ def test_objective_needs_equal_heads(capsys, tmp_path):
     assert "head" in line and "2" in line and "4" in line
 
 
-@pytest.mark.xfail(strict=True, reason="BUG kdjax/train/loop.py build_run: the objective (head "
-                   "counts, features) is validated only after resolve_tokenizer, which for a "
-                   "random teacher first trains a WordPiece vocabulary on the whole corpus")
 def test_objective_mismatch_found_before_tokenizer_training(capsys, tmp_path):
     workdir = tmp_path / "w"
     run_cli(capsys, workdir, config="configs/debug_distill.py:minilm")

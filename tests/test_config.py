@@ -128,25 +128,21 @@ def test_model_config_validates_at_load_time():
 
 
 # Validation gaps (see the report); strict, so fixing them turns these into failures to remove.
-@pytest.mark.xfail(strict=True, reason="classifier_dropout is not range-checked")
 def test_classifier_dropout_out_of_range():
     with pytest.raises(ConfigError, match="model.classifier_dropout"):
         tiny(classifier_dropout=1.5)
 
 
-@pytest.mark.xfail(strict=True, reason="num_labels is not type-checked")
 def test_num_labels_must_be_an_int():
     with pytest.raises(ConfigError, match="model.num_labels"):
         tiny(head="classification", num_labels=True)
 
 
-@pytest.mark.xfail(strict=True, reason="remat / scan_layers are not type-checked")
 def test_flags_must_be_bools():
     with pytest.raises(ConfigError, match="model.remat"):
         tiny(remat="no")
 
 
-@pytest.mark.xfail(strict=True, reason="a string dropout raises TypeError, not ConfigError")
 def test_string_dropout_is_a_config_error():
     with pytest.raises(ConfigError, match="model.hidden_dropout"):
         tiny(hidden_dropout="0.1")
@@ -391,13 +387,11 @@ def test_bundled_configs_by_name():
     assert load_config("kd_small").model.ffn_rank == 0
 
 
-@pytest.mark.xfail(strict=True, reason="an int field accepts True/False (bool is an int)")
 def test_int_override_rejects_a_bool(config_dir):
     with pytest.raises(ConfigError, match="i"):
         load_config(config_dir / "base.py", ["i=True"])
 
 
-@pytest.mark.xfail(strict=True, reason="path:arg on a get_config() without args: TypeError")
 def test_arg_for_a_config_without_args_is_a_config_error(config_dir):
     with pytest.raises(ConfigError, match="empty_args.py"):
         (config_dir / "empty_args.py").write_text(

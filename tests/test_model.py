@@ -297,7 +297,6 @@ def test_fused_attention_with_attention_maps_is_an_error(flag):
         run(BASE.replace(attention_impl="fused"), params_for(BASE), **{flag: True})
 
 
-@pytest.mark.xfail(strict=True, reason="raw ValueError, not a kdjax ConfigError (see report)")
 def test_fused_attention_with_attention_maps_is_a_config_error():
     with pytest.raises(KdjaxError, match="attention_impl"):
         run(BASE.replace(attention_impl="fused"), params_for(BASE), output_attentions=True)
@@ -599,7 +598,6 @@ def test_short_position_table():
         jax.eval_shape(functools.partial(run, cfg, ids=IDS[:, :5], mask=MASK[:, :5]))
 
 
-@pytest.mark.xfail(strict=True, reason="position_ids shape is not validated (see report)")
 def test_position_ids_of_the_wrong_shape_is_a_shape_error():
     with pytest.raises(ShapeError, match="position_ids"):
         run(BASE, position_ids=np.zeros((B, L + 1), np.int32))

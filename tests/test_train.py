@@ -436,10 +436,6 @@ def test_corrupt_latest_checkpoint_falls_back(pretrained, tmp_path, caplog):
     assert json.loads((workdir / "model" / "kdjax_model.json").read_text())["step"] == 13
 
 
-@pytest.mark.xfail(strict=True, reason="BUG kdjax/train/checkpoint.py Checkpointer.save: a step "
-                   "found unreadable by restore() is never rewritten (save() returns False for "
-                   "any existing step), so a run that reaches that step again leaves the corrupt "
-                   "checkpoint as its newest one and every later resume falls back again")
 def test_corrupt_checkpoint_is_replaced_when_its_step_is_saved_again(tmp_path, caplog):
     """Checkpointer level (no training): save 5 and 10, corrupt 10, restore (-> 5), save 10
     again; a fresh Checkpointer must then restore the new step 10."""

@@ -153,30 +153,16 @@ def tokenize_corpus(
     body = max_length - 2
     n_lines = 0
     texts = iter_texts(sources, text_field)
-    bar = tqdm(desc="tokenizing", unit=" lines", disable=not show_progress, leave=False)
-    for chunk in _chunks(texts, 1000):
-        if limit_lines is not None:
-            chunk = chunk[: max(0, limit_lines - n_lines)]
-        if not chunk:
-            break
-        n_lines += len(chunk)
-        bar.update(len(chunk))
-        encoded = tokenizer(chunk, add_special_tokens=False)["input_ids"]
-        for ids in encoded:
-            if not ids:
-                continue
-            if pack:
-                buffer.extend(ids)
-                buffer.append(sep_id)
-                while len(buffer) >= body:
-                    rows.append(np.array([cls_id, *buffer[:body], sep_id], np.int32))
-                    buffer = buffer[body:]
-            else:
-                row = np.full(max_length, pad_id, np.int32)
-                piece = [cls_id, *ids[:body], sep_id]
-                row[: len(piece)] = piece
-                rows.append(row)
-    bar.close()
+    with tqdm(desc="tokenizing", unit=" lines", disable=not show_progress, leave=False) as bar:
+        for chunk in _chunks(texts, 1000):
+            if limit_lines is not None:
+                chunk = chunk[: max(0, limit_lines - n_lines)]
+            if not chunk:
+                break
+            n_lines += len(chunk)
+            bar.update(len(chunk))
+            buffer = _encode_chunk(tokenizer, chunk, rows, buffer, pack, max_length,
+                                   (cls_id, sep_id, pad_id))
     if pack and len(buffer) > 1:
         row = np.full(max_length, pad_id, np.int32)
         piece = [cls_id, *buffer[:body], sep_id]
@@ -192,6 +178,28 @@ def tokenize_corpus(
         os.replace(tmp, cache)
     log.info("corpus: %d lines -> %d examples of length %d", n_lines, len(examples), max_length)
     return examples
+
+
+def _encode_chunk(tokenizer: Any, chunk: list[str], rows: list[np.ndarray], buffer: list[int],
+                  pack: bool, max_length: int, ids3: tuple[int, int, int]) -> list[int]:
+    """Tokenise `chunk`, append finished rows to `rows`; returns the packing remainder."""
+    cls_id, sep_id, pad_id = ids3
+    body = max_length - 2
+    for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+        if not ids:
+            continue
+        if pack:
+            buffer.extend(ids)
+            buffer.append(sep_id)
+            while len(buffer) >= body:
+                rows.append(np.array([cls_id, *buffer[:body], sep_id], np.int32))
+                buffer = buffer[body:]
+        else:
+            row = np.full(max_length, pad_id, np.int32)
+            piece = [cls_id, *ids[:body], sep_id]
+            row[: len(piece)] = piece
+            rows.append(row)
+    return buffer
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -123,10 +123,25 @@ class EncoderConfig:
                     f"model.{key}={rank} is larger than the {what} it factors allows "
                     f"(max {limit}); use a rank <= {limit}, or 0 for dense"
                 )
+        for key in ("hidden_dropout", "attention_dropout", "classifier_dropout",
+                    "layer_norm_eps", "initializer_range"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"model.{key} must be a number, got {value!r}")
         for key in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"model.{key} must be in [0, 1), got {value!r}")
+        if not self.classifier_dropout < 1.0:
+            raise ConfigError(
+                f"model.classifier_dropout must be < 0 (= hidden_dropout) or in [0, 1), "
+                f"got {self.classifier_dropout!r}"
+            )
+        for key in ("remat", "scan_layers"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool):
+            raise ConfigError(f"model.num_labels must be an integer, got {self.num_labels!r}")
         choices = (
             ("head", HEADS), ("family", FAMILIES), ("hidden_act", ACTIVATIONS),
             ("dtype", DTYPES), ("param_dtype", DTYPES), ("attention_impl", ATTENTION_IMPLS),

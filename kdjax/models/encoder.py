@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax.errors import ConfigError
 from kdjax.models.config import EncoderConfig
 from kdjax.models.layers import LayerNorm, activation, projection
 
@@ -42,9 +43,14 @@ class SelfAttention(nn.Module):
 
     def use_fused(self) -> bool:
         cfg = self.config
+        dropout_active = not self.deterministic and cfg.attention_dropout > 0
+        if cfg.attention_impl == "fused" and dropout_active:
+            raise ConfigError(
+                "model.attention_impl='fused' has no attention dropout; set "
+                "model.attention_dropout=0.0 or attention_impl='auto' for training"
+            )
         if cfg.attention_impl != "auto":
             return cfg.attention_impl == "fused"
-        dropout_active = not self.deterministic and cfg.attention_dropout > 0
         return not self.outputs.needs_maps and not dropout_active
 
     @nn.compact
@@ -65,7 +71,10 @@ class SelfAttention(nn.Module):
         scale = head_dim**-0.5
         if self.use_fused():
             if self.outputs.needs_maps:
-                raise ValueError("attention_impl='fused' cannot return attention maps")
+                raise ConfigError(
+                    "model.attention_impl='fused' cannot return attention maps "
+                    "(output_attentions / output_attention_scores); use 'auto' or 'einsum'"
+                )
             context = jax.nn.dot_product_attention(
                 q, k, v, mask=key_mask[:, None, None, :], scale=scale
             )

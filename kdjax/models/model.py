@@ -110,6 +110,11 @@ class EncoderModel(nn.Module):
                 raise ShapeError(
                     f"{name} has shape {tuple(arr.shape)} but input_ids has {(batch, length)}"
                 )
+        if tuple(jnp.shape(position_ids)) not in ((batch, length), (1, length), (length,)):
+            raise ShapeError(
+                f"position_ids has shape {tuple(jnp.shape(position_ids))} but input_ids has "
+                f"{(batch, length)}; pass [batch, length] or [length]"
+            )
         outputs = Outputs(
             hidden_states=output_hidden_states,
             attentions=output_attentions,

@@ -18,8 +18,8 @@ def _part(path: tuple[str, ...]) -> str:
     if path[0] in ("embeddings", "embeddings_project"):
         return "embeddings"
     if path[0] == "encoder":
-        inner = path[2] if path[1] != "layers" else path[2]
-        return "attention" if inner in ("attention", "attention_norm") else "ffn"
+        # encoder/layer_i/<part>/... or encoder/layers/<part>/... (scan): part is path[2]
+        return "attention" if path[2] in ("attention", "attention_norm") else "ffn"
     return "heads"
 
 

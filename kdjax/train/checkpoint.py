@@ -33,6 +33,7 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unreadable: set[int] = set()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -41,7 +42,15 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
-        """Start an (async) save of `state` at `step`; returns False if it already exists."""
+        """Start an (async) save of `state` at `step`; returns False if it already exists.
+
+        A step that `restore` found unreadable is replaced (else the corrupt copy would stay
+        the newest checkpoint and every later resume would fall back again).
+        """
+        if step in self._unreadable:
+            log.warning("replacing the unreadable checkpoint at step %d", step)
+            self.manager.delete(step)
+            self._unreadable.discard(step)
         if step in self.manager.all_steps():
             return False
         return self.manager.save(
@@ -63,6 +72,7 @@ class Checkpointer:
                 )
                 return restored.state, dict(restored.meta or {}), step
             except Exception as e:  # corrupt / partial: fall back, loudly
+                self._unreadable.add(step)
                 log.error(
                     "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the "
                     "previous one", step, self.directory, type(e).__name__, str(e)[:200],
@@ -91,13 +101,22 @@ def read_state_numpy(directory: str | epath.Path, step: int | None = None) -> tu
         raise CheckpointError(f"no checkpoint for step {step} in {root} (have {steps})")
     item = root / str(step) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
-    meta_tree = checkpointer.metadata(item)
-    tree = getattr(getattr(meta_tree, "item_metadata", meta_tree), "tree", None)
-    if tree is None:
-        tree = meta_tree.tree
-    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                          tree)
-    state = checkpointer.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    try:
+        meta_tree = checkpointer.metadata(item)
+        tree = getattr(getattr(meta_tree, "item_metadata", meta_tree), "tree", None)
+        if tree is None:
+            raise CheckpointError(f"checkpoint {item} has no readable tree metadata")
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+        )
+        state = checkpointer.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint at step {step} in {root} is unreadable ({type(e).__name__}); pass "
+            "an older step"
+        ) from e
     meta_file = root / str(step) / "meta" / "metadata"
     meta = {}
     if meta_file.exists():

@@ -109,8 +109,8 @@ def load_teacher(tcfg: Any) -> tuple[EncoderConfig, Any, Path | None, str]:
             raise ConfigError(f"teacher.path {path!r} does not exist")
         try:
             cfg, params = load_model(p if p.exists() else path, **overrides)
-        except KdjaxError:
-            raise
+        except KdjaxError as e:
+            raise type(e)(f"teacher.path={path!r}: {e}") from e
         except Exception as e:
             raise ConfigError(f"teacher.path {path!r} is not a model ({type(e).__name__}: "
                               f"{str(e)[:120]})") from e
@@ -221,15 +221,19 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> dict[str, Any]:
     if kind == "distill":
         t_cfg, t_params, t_dir, t_source = load_teacher(config.teacher)
         teacher = {"config": t_cfg, "params": t_params, "source": t_source}
+        # Check the objective against both models now: training a tokenizer (below) can take
+        # minutes, and a head-count or feature mismatch must not wait for it.
+        early_student = EncoderConfig.from_any(config.student.model.to_dict())
+        build_objective(config.objective,
+                        early_student.replace(vocab_size=t_cfg.vocab_size), t_cfg)
         tokenizer = resolve_tokenizer(config, workdir, t_dir, sources)
     else:
         tokenizer = resolve_tokenizer(config, workdir, None, sources)
     vocab = len(tokenizer)
 
-    def sized(section: Any, name: str, fixed: EncoderConfig | None = None) -> EncoderConfig:
-        values = section.model.to_dict()
-        cfg = EncoderConfig.from_any(values)
-        if fixed is None and cfg.vocab_size != vocab:
+    def sized(section: Any, name: str) -> EncoderConfig:
+        cfg = EncoderConfig.from_any(section.model.to_dict())
+        if cfg.vocab_size != vocab:
             log.info("%s: vocab_size %d -> %d (the tokenizer's)", name, cfg.vocab_size, vocab)
             cfg = cfg.replace(vocab_size=vocab)
         return cfg
@@ -305,7 +309,8 @@ def _mesh_context(mesh: Any, rules: Any) -> Iterator[None]:
         yield
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str) -> Session:
+def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
+            progress: bool = True) -> Session:
     """Validate, load data and teacher, restore or initialise the sharded state, jit the step."""
     workdir = epath.Path(workdir)
     is_main = jax.process_index() == 0
@@ -320,7 +325,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: 
     examples = tokenize_corpus(
         run["sources"], run["tokenizer"], max_len, pack=bool(config.data.get("pack", True)),
         cache_dir=str(cache), text_field=config.data.get("text_field", "text"),
-        limit_lines=config.data.get("limit_lines", None) or None, show_progress=is_main,
+        limit_lines=config.data.get("limit_lines", None) or None,
+        show_progress=progress and is_main,
     )
     batches = StepBatches(examples, gb, int(train_cfg.seed), run["tokenizer"].pad_token_id)
     tx, schedule = make_optimizer(train_cfg)
@@ -363,7 +369,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: 
 def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
           progress: bool = True) -> dict[str, Any]:
     """Run `kind` ("distill" or "pretrain") in `workdir`; resume if it has checkpoints."""
-    session = prepare(config, workdir, kind)
+    session = prepare(config, workdir, kind, progress=progress)
     run, workdir = session.run, session.workdir
     is_main = jax.process_index() == 0
     steps, tokens = int(config.train.steps), run["global_batch"] * run["max_length"]
@@ -377,11 +383,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         print(_start_line(kind, run["mesh"], run, session.state, session.frozen, steps,
                           session.start), flush=True)
-    with session.context():
-        summary = _loop(session, writer, meta_base, steps, tokens, progress and is_main)
+    try:
+        with session.context():
+            summary = _loop(session, writer, meta_base, steps, tokens, progress and is_main)
+    finally:  # also on TrainingError / Ctrl-C: finish pending saves, flush TensorBoard
+        session.ckpt.close()
+        writer.close()
     state = summary.pop("state")
-    session.ckpt.close()
-    writer.close()
     summary.update(_finish(workdir, run, state, is_main, summary))
     return summary
 
