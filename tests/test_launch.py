@@ -137,7 +137,10 @@ def test_setup_copies_and_installs_on_all_workers():
     cmds = dry("setup.sh", "--zone=z", "--name=kd", "--stage", "gs://b/kr-electra=teachers/kr",
                "--check")
     archive, scp, unpack, stage, install, check = cmds
-    assert archive[:4] == ["git", "-C", str(ROOT), "archive"]
+    if (ROOT / ".git").exists():  # tracked files, with uncommitted edits
+        assert archive[:4] == ["git", "-C", str(ROOT), "archive"]
+    else:  # not a git checkout: everything but .git / .venv / caches
+        assert archive[:3] == ["tar", "-C", str(ROOT)] and "--exclude=.venv" in archive
     assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
     assert scp[6] == "kd:kdjax-src.tar.gz" and "--worker=all" in scp
     for cmd in (unpack, stage, install, check):

@@ -222,9 +222,13 @@ def test_run_sh_resumes_on_two_workers_and_stop_checkpoints_everywhere(base, two
                          "and hang in the checkpoint barrier")
         metrics = workdir / "metrics.jsonl"
         _wait(lambda: metrics.read_text().count("\n") >= 3, 900, "a new metrics line")
-        # the signals reach the two hosts 2 s apart, as over ssh to a real slice
-        stop = _run_sh({**env, "FAKE_WORKER_DELAY": "2"}, "stop", "--wait", "300").stdout
-        assert stop.count("sent SIGTERM") == 2 and stop.count(": stopped;") == 2, stop
+        # SIGTERM reaches the two hosts 2 s apart, as over ssh to a real slice; the hosts
+        # agree to stop at the next log step, so worker 1 may be gone by the time its turn comes
+        stop = _run_sh({**env, "FAKE_WORKER_DELAY": "2"}, "stop").stdout
+        assert "worker-0: sent SIGTERM" in stop, stop
+        assert "worker-1: sent SIGTERM" in stop or "worker-1: not running" in stop, stop
+        _wait(lambda: done() and all(not lg.with_suffix(".pid").exists() for lg in logs), 300,
+              "both runs to stop")
         stopped = []
         for i, log in enumerate(logs):
             text = log.read_text()
