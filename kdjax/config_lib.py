@@ -190,6 +190,9 @@ def mesh_config(**overrides: Any) -> ml_collections.ConfigDict:
         "axes": ("data", "fsdp", "tensor"),
         "rules": "replicated",  # replicated | fsdp | tensor, or [(logical, mesh_axis), ...]
         "num_devices": 0,  # 0 = all devices; N = the first N (debugging, scaling checks)
+        # a kdjax.presets name (data, fsdp, data_fsdp[:F], data_tensor[:T], fsdp_tensor[:T]):
+        # sets shape and rules for the device count at run time; "" = use shape and rules
+        "preset": "",
     })
 
 

@@ -95,9 +95,11 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[EncoderConfig
 def load_from_checkpoint(workdir: str | os.PathLike, step: int | None = None, part: str = "",
                          **overrides: Any) -> tuple[EncoderConfig, dict]:
     """The model of a run from its Orbax checkpoint (no optimizer state kept)."""
+    from etils import epath
+
     from kdjax.train.checkpoint import read_state_numpy
 
-    state, meta = read_state_numpy(Path(workdir) / "checkpoints", step)
+    state, meta = read_state_numpy(epath.Path(workdir) / "checkpoints", step)
     models = meta.get("models") or {}
     part = part or meta.get("main_model", "")
     if part not in models:

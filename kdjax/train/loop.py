@@ -167,8 +167,22 @@ def gather(tree: Any) -> Any:
 
 
 # -- preemption ------------------------------------------------------------------------------
+def stop_requested_everywhere(requested: bool) -> bool:
+    """Whether any process got SIGTERM/SIGINT, on every process (a collective: call it at
+    the same step everywhere). Multi-host runs must stop at one common step: a process that
+    stops alone leaves the others waiting in the next step's collectives, and its checkpoint
+    save waits for them - the run hangs and no checkpoint is written."""
+    if jax.process_count() == 1:
+        return requested
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([int(requested)], np.int32))
+    return bool(np.asarray(flags).any())
+
+
 class Preemption:
-    """SIGTERM/SIGINT -> finish the current step, checkpoint it, stop."""
+    """SIGTERM/SIGINT -> finish the current step, checkpoint it, stop (with several
+    processes: at the next `log_every` step, the same on all of them)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -205,6 +219,11 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> dict[str, Any]:
     n_dev = int(config.mesh.get("num_devices", 0))
     if n_dev < 0 or n_dev > jax.device_count():
         raise ConfigError(f"mesh.num_devices={n_dev} but {jax.device_count()} devices exist")
+    if config.mesh.get("preset", ""):  # e.g. mesh.preset=fsdp: shape and rules from it
+        from kdjax.presets import apply_preset
+
+        apply_preset(config.mesh, n_dev or jax.device_count(),
+                     local_devices=min(jax.local_device_count(), n_dev or jax.device_count()))
     mesh = shd.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes),
                          devices=jax.devices()[:n_dev] if n_dev else None)
     rules = shd.get_rules(config.mesh.get("rules", "replicated"))
@@ -442,6 +461,7 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
     bar = tqdm(total=steps, initial=start, disable=not show, desc="train", dynamic_ncols=True)
     t_mark, step_mark = None, start
     interrupted = False
+    multi = jax.process_count() > 1
     try:
         with preempt.installed():
             for step in range(start, steps):
@@ -475,9 +495,14 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
                             "train.lr or check the data"
                         )
                 bar.update(1)
-                if done % save_every == 0 or done == steps or preempt.requested:
+                if multi:  # agree at steps every process reaches (one small all-gather)
+                    stop = (done % log_every == 0 or done == steps) and \
+                        stop_requested_everywhere(preempt.requested)
+                else:
+                    stop = preempt.requested
+                if done % save_every == 0 or done == steps or stop:
                     ckpt.save(done, state, {**meta, "step": done, "data_position": done})
-                if preempt.requested:
+                if stop:
                     interrupted = True
                     log.warning("stopped at step %d on signal; checkpoint saved", done)
                     break
@@ -489,10 +514,29 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
             "final_step": int(jax.device_get(state.step))}
 
 
+def _save_model_dir(target: epath.Path, cfg: EncoderConfig, params: Any, tokenizer: Any,
+                    **info: Any) -> Any:
+    """`save_model_dir` into a local or a remote (gs://) directory."""
+    from kdjax.modeldir import save_model_dir
+
+    if "://" not in str(target):
+        return save_model_dir(Path(str(target)), cfg, params, tokenizer, **info)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = save_model_dir(Path(tmp) / target.name, cfg, params, tokenizer, **info)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in sorted(local.rglob("*")):
+            if f.is_file():
+                dst = target / str(f.relative_to(local))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f.read_bytes())
+    return target
+
+
 def _finish(workdir: epath.Path, run: dict, state: Any, is_main: bool,
             summary: dict) -> dict[str, Any]:
     """Write WORKDIR/model (and generator/ for pretrain) and return the summary fields."""
-    from kdjax.modeldir import save_model_dir
     from kdjax.models.size import param_report
 
     params = gather(state.params)
@@ -504,15 +548,15 @@ def _finish(workdir: epath.Path, run: dict, state: Any, is_main: bool,
     provenance = {"trained_by": run["task"].kind, "step": summary["final_step"]}
     if run["teacher"] is not None:
         provenance["teacher"] = run["teacher"]["source"]
-    model_dir = save_model_dir(Path(str(workdir)) / "model", cfg, params[main], run["tokenizer"],
-                               **provenance)
+    model_dir = _save_model_dir(workdir / "model", cfg, params[main], run["tokenizer"],
+                                **provenance)
     out["model_dir"] = str(model_dir)
     out["model"] = {k: v for k, v in param_report(cfg).items() if k in ("params", "fp32_mb")}
     if main == "disc":
         g_cfg = EncoderConfig.from_any(run["models"]["gen"])
         gen = {**params["gen"], "embeddings": params["disc"]["embeddings"]}
-        out["generator_dir"] = str(save_model_dir(Path(str(workdir)) / "generator", g_cfg, gen,
-                                                  run["tokenizer"], **provenance))
+        out["generator_dir"] = str(_save_model_dir(workdir / "generator", g_cfg, gen,
+                                                   run["tokenizer"], **provenance))
     if run["teacher"] is not None:
         t_report = param_report(run["teacher"]["config"])
         out["teacher"] = {"params": t_report["params"], "fp32_mb": t_report["fp32_mb"]}

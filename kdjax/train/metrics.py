@@ -25,6 +25,12 @@ class MetricsWriter:
     def __init__(self, workdir: str | epath.Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.path = epath.Path(workdir) / "metrics.jsonl"
+        # GCS objects cannot be appended to (gcsfs silently turns mode "a" into "w"): remote
+        # files are rewritten whole, keeping the lines of an earlier (resumed) run
+        self._remote = "://" in str(self.path)
+        self._lines: list[str] = []
+        if enabled and self._remote and self.path.exists():
+            self._lines = self.path.read_text().splitlines(keepends=True)
         self._tb = None
         if enabled and tensorboard:
             try:
@@ -38,8 +44,13 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
