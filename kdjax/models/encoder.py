@@ -119,7 +119,7 @@ class EncoderLayer(nn.Module):
         f = projection(cfg.intermediate_size, rank, ("embed", "mlp"), cfg, "intermediate")(h)
         f = activation(cfg.hidden_act)(f)
         f = nn.with_logical_constraint(f, ("batch", "length", "act_mlp"))
-        f = projection(cfg.hidden_size, cfg.ffn_rank, ("mlp", "embed"), cfg, "output")(f)
+        f = projection(cfg.hidden_size, rank, ("mlp", "embed"), cfg, "output")(f)
         h = LayerNorm(cfg, name="output_norm")(h + drop(f))
         h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
         if self.outputs.hidden_states:
