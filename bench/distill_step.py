@@ -1,0 +1,755 @@
+"""Side-by-side benchmark of one distillation step: kdjax (jitted, sharded) vs PyTorch eager.
+
+Prints its figures (not a test). Every measurement runs in a fresh subprocess, so peak RSS is
+separable per framework and workload and JAX / PyTorch never share a process or thread pool.
+
+    python bench/distill_step.py --quick                 # debug -> tiny only (< 3 min, 2 cores)
+    python bench/distill_step.py --scaled-teacher        # CPU: 12 x 384 teacher (see below)
+    python bench/distill_step.py                         # full KR-ELECTRA-base teacher (GPU/TPU)
+
+Workloads (sequence length 128, random-init teacher, the built-in Korean sample corpus through a
+synthetic vocab.txt of the teacher's vocabulary size, so nothing is downloaded):
+
+  kd_small/paper_kd   teacher-base -> KR-ELECTRA-Small-KD (12 x 256, 4 heads, E=128)
+  lf_v3/paper_kd      teacher-base -> LF-V3 (kd_small + low-rank FFN r=56, attention r=64,
+                      word embedding r=32)
+  kominilm/minilm     teacher-base -> KoMiniLM-23M shape (6 x 384, 12 heads). MiniLM's attention
+                      KL and value relation need equal head counts; kd_small / lf_v3 have 4 heads
+                      and a width (256) that 12 does not divide, so a 12-head kd_small variant does
+                      not exist. The 12-head 384-wide KoMiniLM student is the MiniLM recipe's own
+                      student shape, so it is the minilm workload.
+  tiny/paper_kd       debug teacher (4 x 64) -> debug factorized student (2 x 32): `--quick`.
+
+`--scaled-teacher` (the default on CPU) replaces the 12 x 768 / FFN 3072 teacher by 12 x 384 /
+12 heads / FFN 1536 (about a quarter of the FLOPs). It keeps 12 layers and 12 heads so that the
+paper_kd uniform layer map (12 -> 12, teacher layers must be a multiple of student layers) and
+the minilm head-count rule are unchanged. `--full-teacher` forces the full size.
+
+FLOPs per token (matmul FLOPs, 2 per multiply-add; L = sequence length):
+  proj(a, b, r)   = 2ab (dense) or 2r(a + b) (low-rank, rank r)
+  layer(H, I, A)  = 4 proj(H, H, r_att) + proj(H, I, r_ffn) + proj(I, H, r_ffn) + 4LH
+                    (4LH: the Q.K^T score and P.V context matmuls over all heads)
+  encoder         = [2 r_emb E]  + [2EH if E != H]  + N layer  + [2H^2 + 2H if logits used]
+                    (low-rank word embedding)  (embeddings_project)        (discriminator head)
+  step            = teacher encoder + 3 x student encoder (forward + backward ~ 3 forwards)
+                    + losses: 3 x 2 H_s H_t per hidden pair (learned projection),
+                      relation grams 2 L D per relation (teacher 1x, student 3x)
+XLA's own count of the compiled step (`compiled.cost_analysis()["flops"]`) is printed too.
+
+Peak: the best of several jitted `jnp.dot` and `torch.matmul` of large fp32 square matrices,
+measured in this run; `peak_gflops` is the larger of the two (the machine's attainable dense
+fp32 peak), `peak_fraction` = achieved / peak.
+
+The PyTorch peer (eager, `torch.set_num_threads(cores)`): transformers' ElectraForPreTraining /
+ElectraModel teacher (eval, no_grad) and student with the same shapes; low-rank layers are
+`nn.Sequential(Linear(in, r, bias=False), Linear(r, out))` and the low-rank word embedding is
+`nn.Sequential(Embedding(V, r), Linear(r, E, bias=False))`; the same losses written in torch
+(binary KD on the discriminator logits, hidden MSE through a learned Linear projection over the
+uniform 13-pair map, MiniLMv2 Q-Q / K-K relation KL on the last layer; MiniLM attention KL +
+value relation for minilm, the last layer's probabilities recomputed from hooked Q/K so that
+every layer keeps SDPA), AdamW (no decay on biases / LayerNorm), global-norm clip 1.0, the same
+batches, dropout 0.1 in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+LENGTH = 128
+REPO = Path(__file__).resolve().parent.parent
+
+# name -> (config spec, extra overrides, default batch)
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "kd_small/paper_kd": {"config": "distill_paper.py:kd_small,paper_kd", "base": True},
+    "lf_v3/paper_kd": {"config": "distill_paper.py:lf_v3,paper_kd", "base": True},
+    "kominilm/minilm": {"config": "distill_paper.py:kominilm_23m,minilm", "base": True},
+    "tiny/paper_kd": {"config": "debug_distill.py:paper_kd", "base": False},
+}
+QUICK = ("tiny/paper_kd",)
+FULL = ("kd_small/paper_kd", "lf_v3/paper_kd", "kominilm/minilm", "tiny/paper_kd")
+SCALED_TEACHER = {"hidden_size": 384, "num_heads": 12, "intermediate_size": 1536,
+                  "embedding_size": 384, "num_layers": 12}
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers (no jax / torch imports at module level: workers import what they need)
+# ---------------------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> float:
+    with contextlib.suppress(OSError):
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    return float("nan")
+
+
+def overrides_for(spec: dict[str, Any], job: dict[str, Any]) -> list[str]:
+    """Config overrides: random teacher, synthetic vocab, length 128, batch, mesh, levers."""
+    out = [
+        "teacher.init=random", "teacher.path=",
+        f"teacher.dtype={job['teacher_dtype']}",
+        "data.files=builtin:sample", f"data.tokenizer={job['tokenizer']}",
+        f"data.max_length={LENGTH}", f"train.batch_size={job['batch']}",
+        "train.steps=100000", "train.warmup_steps=10", "train.log_every=1000000",
+        "train.save_every=1000000",
+        f"mesh.num_devices={job['devices']}", f"mesh.shape=({job['devices']}, 1, 1)",
+    ]
+    if spec["base"] and job["scaled_teacher"]:
+        out += [f"teacher.model.{k}={v}" for k, v in SCALED_TEACHER.items()]
+    out += list(job.get("overrides", ()))
+    return out
+
+
+def write_vocab(directory: Path, size: int) -> Path:
+    """A WordPiece vocab.txt with exactly `size` entries: the special tokens, every character
+    of the built-in sample (and its ## continuation), then [unusedN] fillers."""
+    from kdjax.data.corpus import SAMPLE
+    from kdjax.data.tokenizer import DEFAULT_SPECIAL_TOKENS
+
+    chars = sorted({c for c in SAMPLE.read_text(encoding="utf-8") if not c.isspace()})
+    tokens = list(DEFAULT_SPECIAL_TOKENS)
+    for c in chars + ["##" + c for c in chars]:
+        if len(tokens) < size:
+            tokens.append(c)
+    tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    return directory
+
+
+def model_configs(job: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(config, teacher EncoderConfig, student EncoderConfig) as `prepare` resolves them."""
+    from kdjax.config_lib import load_config
+    from kdjax.models.config import EncoderConfig
+
+    spec = WORKLOADS[job["workload"]]
+    config = load_config(spec["config"], overrides_for(spec, job))
+    t_cfg = EncoderConfig.from_any(config.teacher.model.to_dict())
+    if config.teacher.get("dtype"):
+        t_cfg = t_cfg.replace(dtype=config.teacher.dtype, param_dtype=config.teacher.dtype)
+    s_cfg = EncoderConfig.from_any(config.student.model.to_dict()).replace(
+        vocab_size=t_cfg.vocab_size)
+    return config, t_cfg, s_cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------
+def _proj(a: int, b: int, r: int) -> int:
+    return 2 * r * (a + b) if r else 2 * a * b
+
+
+def encoder_flops(cfg: Any, length: int, logits: bool) -> int:
+    """Forward matmul FLOPs per token of one encoder (see the module doc)."""
+    h, i, e = cfg.hidden_size, cfg.intermediate_size, cfg.emb_size
+    emb = (2 * cfg.embedding_rank * e if cfg.embedding_rank else 0) + (2 * e * h if e != h else 0)
+    layer = (4 * _proj(h, h, cfg.attention_rank) + _proj(h, i, cfg.ffn_rank)
+             + _proj(i, h, cfg.ffn_rank) + 4 * length * h)
+    head = 2 * h * h + 2 * h if logits and cfg.head == "discriminator" else 0
+    return emb + cfg.num_layers * layer + head
+
+
+def step_flops(objective: Any, t_cfg: Any, s_cfg: Any, length: int) -> dict[str, int]:
+    """Analytic FLOPs per token of the distillation step, by part."""
+    t_logits = objective.model_kwargs("teacher")["compute_logits"]
+    s_logits = objective.model_kwargs("student")["compute_logits"]
+    loss = 0
+    for term in objective.terms:
+        if term.projection:
+            loss += 3 * len(term.pairs) * 2 * s_cfg.hidden_size * t_cfg.hidden_size
+        if term.loss in ("qkv_relation_kl", "value_relation_kl"):
+            loss += len(term.pairs) * 2 * length * (t_cfg.hidden_size + 3 * s_cfg.hidden_size)
+    teacher = encoder_flops(t_cfg, length, t_logits)
+    student = 3 * encoder_flops(s_cfg, length, s_logits)
+    return {"teacher": teacher, "student_x3": student, "losses": loss,
+            "total": teacher + student + loss}
+
+
+# ---------------------------------------------------------------------------------------------
+# workers (run in a subprocess; print one JSON line prefixed RESULT)
+# ---------------------------------------------------------------------------------------------
+def _bar(total: int, desc: str, show: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not show, leave=False, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def worker_peak(job: dict[str, Any]) -> dict[str, Any]:
+    """Best-of-N dense fp32 matmul GFLOP/s with jax (jit) and torch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    n, reps = job["n"], job["reps"]
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        dot(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    jax_gf = 2 * n**3 / best / 1e9
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    ta, tb = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(ta, tb)
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(ta, tb)
+        best = min(best, time.perf_counter() - t)
+    return {"n": n, "jax_gflops": jax_gf, "torch_gflops": 2 * n**3 / best / 1e9}
+
+
+def worker_kdjax(job: dict[str, Any]) -> dict[str, Any]:
+    import jax
+    import numpy as np
+
+    from kdjax.data.corpus import local_rows, to_global
+    from kdjax.train.loop import prepare
+
+    config, t_cfg, s_cfg = model_configs(job)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kdjax-bench-") as workdir:
+        session = prepare(config, workdir, "distill", progress=False)
+        task = session.run["task"]
+        batch_size = session.run["global_batch"]
+        with session.context():
+            rows = local_rows(session.batch_sharding, batch_size)
+            batches = [to_global(session.batches.rows(s, rows), session.batch_sharding,
+                                 batch_size) for s in range(4)]
+            lowered = session.step_fn.lower(session.state, session.frozen, batches[0])
+            compiled = lowered.compile()
+            compile_s = time.perf_counter() - t0
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list | tuple) else cost
+            mem = compiled.memory_analysis()
+            state, frozen = session.state, session.frozen
+            warmup, steps = job["warmup"], job["steps"]
+            bar = _bar(warmup + steps, f"kdjax {job['workload']} b={batch_size}",
+                       job["progress"])
+            first_loss = None
+            for i in range(warmup):
+                state, metrics = compiled(state, frozen, batches[i % len(batches)])
+                jax.block_until_ready(metrics["loss"])
+                if first_loss is None:
+                    first_loss = float(metrics["loss"])
+                bar.update(1)
+            times = []
+            start = time.perf_counter()
+            for i in range(steps):  # no host sync inside: dispatch runs ahead of compute
+                ts = time.perf_counter()
+                state, metrics = compiled(state, frozen, batches[i % len(batches)])
+                if job.get("sync_each"):
+                    jax.block_until_ready(metrics["loss"])
+                times.append(time.perf_counter() - ts)
+                bar.update(1)
+            jax.block_until_ready((state, metrics))
+            elapsed = time.perf_counter() - start
+            bar.close()
+            loss = float(metrics["loss"])
+    tokens = batch_size * LENGTH
+    flops = step_flops(task.objective, t_cfg, s_cfg, LENGTH)
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return {
+        "tokens_per_s": tokens * steps / elapsed, "step_s": elapsed / steps,
+        "step_s_min": min(times) if job.get("sync_each") else None,
+        "compile_s": compile_s, "first_loss": first_loss, "last_loss": loss,
+        "finite": bool(np.isfinite(loss)), "flops_per_token": flops,
+        "xla_flops_per_token": xla_flops / tokens,
+        "xla_temp_mb": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
+        "xla_args_mb": getattr(mem, "argument_size_in_bytes", 0) / 2**20 if mem else None,
+        "devices": len(session.run["mesh"].devices.flat), "batch": batch_size,
+        "teacher": {k: getattr(t_cfg, k) for k in ("num_layers", "hidden_size", "num_heads",
+                                                    "intermediate_size", "dtype")},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# -- the PyTorch peer ---------------------------------------------------------------------------
+def _torch_model(cfg: Any, with_head: bool) -> Any:
+    """transformers Electra with `cfg`'s shape; low-rank parts as nn.Sequential factors."""
+    from torch import nn
+    from transformers import ElectraConfig, ElectraForPreTraining, ElectraModel
+
+    hf = ElectraConfig(
+        vocab_size=cfg.vocab_size, embedding_size=cfg.emb_size, hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=cfg.hidden_dropout, attention_probs_dropout_prob=cfg.attention_dropout,
+        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.layer_norm_eps, attn_implementation="sdpa",
+    )
+    model = ElectraForPreTraining(hf) if with_head else ElectraModel(hf)
+    core = model.electra if with_head else model
+
+    def low_rank(lin: nn.Linear, r: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(lin.in_features, r, bias=False),
+                             nn.Linear(r, lin.out_features))
+
+    for layer in core.encoder.layer:
+        if cfg.attention_rank:
+            att = layer.attention
+            for name in ("query", "key", "value"):
+                setattr(att.self, name, low_rank(getattr(att.self, name), cfg.attention_rank))
+            att.output.dense = low_rank(att.output.dense, cfg.attention_rank)
+        if cfg.ffn_rank:
+            layer.intermediate.dense = low_rank(layer.intermediate.dense, cfg.ffn_rank)
+            layer.output.dense = low_rank(layer.output.dense, cfg.ffn_rank)
+    if cfg.embedding_rank:
+        core.embeddings.word_embeddings = nn.Sequential(
+            nn.Embedding(cfg.vocab_size, cfg.embedding_rank),
+            nn.Linear(cfg.embedding_rank, cfg.emb_size, bias=False))
+    return model
+
+
+class _Grab:
+    """Forward hooks keeping the last layer's query / key / value projections [B, L, D]."""
+
+    def __init__(self, model: Any, names: tuple[str, ...]):
+        core = getattr(model, "electra", model)
+        att = core.encoder.layer[-1].attention.self
+        self.out: dict[str, Any] = {}
+        for name in names:
+            getattr(att, name).register_forward_hook(
+                lambda _m, _i, o, name=name: self.out.__setitem__(name, o))
+
+
+def _t_relation_kl(s: Any, t: Any, valid: Any, heads: int) -> Any:
+    """MiniLMv2 relation KL: [B, L, D] each side -> A relation heads, softmax(X X^T / sqrt d)."""
+    import torch
+
+    def split(x: Any) -> Any:
+        b, seq, d = x.shape
+        x = x.float() * valid[..., None]
+        return x.view(b, seq, heads, d // heads).transpose(1, 2)
+
+    s, t = split(s), split(t)
+    s_log = s @ s.transpose(-1, -2) / math.sqrt(s.shape[-1])
+    t_log = t @ t.transpose(-1, -2) / math.sqrt(t.shape[-1])
+    return _t_row_kl(s_log, t_log, valid, torch)
+
+
+def _t_row_kl(s_log: Any, t_log: Any, valid: Any, torch: Any) -> Any:
+    key = valid[:, None, None, :].bool()
+    neg = torch.finfo(torch.float32).min / 2
+    log_ps = torch.log_softmax(s_log.masked_fill(~key, neg), -1)
+    log_pt = torch.log_softmax(t_log.masked_fill(~key, neg), -1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).masked_fill(~key, 0.0).sum(-1)  # [B, A, L]
+    rows = valid[:, None, :].expand_as(kl)
+    return (kl * rows).sum() / rows.sum().clamp(min=1.0)
+
+
+def _t_probs(q: Any, k: Any, valid: Any, heads: int, torch: Any) -> Any:
+    """Pre-dropout attention probabilities of a layer from its hooked Q and K."""
+    b, seq, d = q.shape
+    q = q.view(b, seq, heads, d // heads).transpose(1, 2)
+    k = k.view(b, seq, heads, d // heads).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)
+    bias = (1.0 - valid[:, None, None, :]) * torch.finfo(torch.float32).min
+    return torch.softmax(scores + bias, -1)
+
+
+def worker_torch(job: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from kdjax.data.corpus import StepBatches, resolve_sources, tokenize_corpus
+    from kdjax.data.tokenizer import load_tokenizer
+    from kdjax.distill.objective import build_objective
+
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    config, t_cfg, s_cfg = model_configs(job)
+    objective = build_objective(config.objective, s_cfg, t_cfg)
+    losses = {t.loss for t in objective.terms}
+    minilm = "attention_kl" in losses
+    heads_rel = next((dict(t.options).get("num_relation_heads") for t in objective.terms
+                      if t.loss == "qkv_relation_kl"), None)
+    hidden_pairs = next((t.pairs for t in objective.terms if t.loss == "hidden_mse"), ())
+    t_logits = objective.model_kwargs("teacher")["compute_logits"]
+
+    tok = load_tokenizer(job["tokenizer"])
+    with tempfile.TemporaryDirectory() as cache:
+        examples = tokenize_corpus(resolve_sources("builtin:sample"), tok, LENGTH,
+                                   cache_dir=cache, show_progress=False)
+    batches = StepBatches(examples, job["batch"], 0, tok.pad_token_id)
+    rows = np.arange(job["batch"])
+    host = [batches.rows(s, rows) for s in range(4)]
+    data = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in b.items()} for b in host]
+
+    t_dtype = torch.bfloat16 if t_cfg.dtype == "bfloat16" else torch.float32
+    teacher = _torch_model(t_cfg, with_head=t_logits).eval().to(t_dtype)
+    student = _torch_model(s_cfg, with_head=t_logits).train()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    names = ("query", "value") if minilm else ("query", "key")
+    t_grab, s_grab = _Grab(teacher, names + (("key",) if minilm else ())), \
+        _Grab(student, names + (("key",) if minilm else ()))
+    proj = torch.nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size) if hidden_pairs else None
+    trainable = list(student.named_parameters())
+    if proj is not None:
+        trainable += [("proj." + n, p) for n, p in proj.named_parameters()]
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n  # noqa: E731
+    opt = torch.optim.AdamW(
+        [{"params": [p for n, p in trainable if not no_decay(n)], "weight_decay": 0.01},
+         {"params": [p for n, p in trainable if no_decay(n)], "weight_decay": 0.0}],
+        lr=5e-4, betas=(0.9, 0.999), eps=1e-6)
+    params = [p for _, p in trainable]
+
+    def step(batch: dict[str, Any]) -> float:
+        valid = batch["attention_mask"].float()
+        kwargs = dict(attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"])
+        with torch.no_grad():
+            t_out = teacher(batch["input_ids"], output_hidden_states=bool(hidden_pairs),
+                            **kwargs)
+        t_h = {k: v.float() for k, v in t_grab.out.items()}
+        s_out = student(batch["input_ids"], output_hidden_states=bool(hidden_pairs), **kwargs)
+        s_h = s_grab.out
+        n_valid = valid.sum().clamp(min=1.0)
+        loss = torch.zeros(())
+        if t_logits:
+            s, t = s_out.logits, t_out.logits.float()
+            kl = (torch.sigmoid(t) * (F.logsigmoid(t) - F.logsigmoid(s))
+                  + torch.sigmoid(-t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
+            loss = loss + (kl * valid).sum() / n_valid
+        if hidden_pairs:
+            mse = [((proj(s_out.hidden_states[i]) - t_out.hidden_states[j].float()) ** 2)
+                   .mean(-1).mul(valid).sum() / n_valid for i, j in hidden_pairs]
+            loss = loss + sum(mse) / len(mse)
+        if heads_rel:
+            for name in ("query", "key"):
+                loss = loss + _t_relation_kl(s_h[name], t_h[name], valid, heads_rel)
+        if minilm:
+            ps = _t_probs(s_h["query"], s_h["key"], valid, s_cfg.num_heads, torch)
+            pt = _t_probs(t_h["query"], t_h["key"], valid, t_cfg.num_heads, torch)
+            pair = (valid[:, None, :, None] * valid[:, None, None, :]).bool()
+            ps, pt = ps.masked_fill(~pair, 1.0), pt.masked_fill(~pair, 1.0)
+            at = (pt * (pt.clamp(min=1e-8).log() - ps.clamp(min=1e-8).log())) \
+                .masked_fill(~pair, 0.0).sum(-1)
+            rows_ = valid[:, None, :].expand_as(at)
+            loss = loss + (at * rows_).sum() / rows_.sum()
+
+            def heads_(x: Any, n: int) -> Any:
+                b, seq, d = x.shape
+                return x.view(b, seq, n, d // n).transpose(1, 2).reshape(b, n, seq, d // n)
+
+            sv, tv = heads_(s_h["value"], s_cfg.num_heads), heads_(t_h["value"], t_cfg.num_heads)
+            sv = sv * valid[:, None, :, None]
+            tv = tv * valid[:, None, :, None]
+            loss = loss + _t_row_kl(sv @ sv.transpose(-1, -2) / math.sqrt(sv.shape[-1]),
+                                    tv @ tv.transpose(-1, -2) / math.sqrt(tv.shape[-1]),
+                                    valid, torch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss)  # the host sync an eager loop does anyway (loss logging)
+
+    warmup, steps = job["warmup"], job["steps"]
+    bar = _bar(warmup + steps, f"torch {job['workload']} b={job['batch']}", job["progress"])
+    first = None
+    for i in range(warmup):
+        value = step(data[i % len(data)])
+        first = value if first is None else first
+        bar.update(1)
+    start = time.perf_counter()
+    for i in range(steps):
+        value = step(data[i % len(data)])
+        bar.update(1)
+    elapsed = time.perf_counter() - start
+    bar.close()
+    tokens = job["batch"] * LENGTH
+    return {"tokens_per_s": tokens * steps / elapsed, "step_s": elapsed / steps,
+            "first_loss": first, "last_loss": value, "finite": math.isfinite(value),
+            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
+
+
+WORKERS = {"peak": worker_peak, "kdjax": worker_kdjax, "torch": worker_torch}
+
+
+def run_worker(payload: str) -> int:
+    job = json.loads(payload)
+    try:
+        result = WORKERS[job["kind"]](job)
+    except KeyboardInterrupt:
+        return 130
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+_CHILD: subprocess.Popen | None = None
+
+
+def spawn(job: dict[str, Any], env_extra: dict[str, str] | None = None,
+          timeout: float = 3600) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; its stderr (progress bars) passes through."""
+    global _CHILD
+    env = {**os.environ, **(env_extra or {})}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
+    _CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                              start_new_session=True)
+    try:
+        out, _ = _CHILD.communicate(timeout=timeout)
+    except KeyboardInterrupt:
+        stop_child()
+        raise Interrupted from None
+    except subprocess.TimeoutExpired:
+        stop_child()
+        return {"error": f"timed out after {timeout:.0f}s"}
+    finally:
+        rc = _CHILD.returncode
+        _CHILD = None
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": f"worker exited with {rc}"}
+
+
+def stop_child() -> None:
+    """Stop the worker this driver started (its own session: SIGINT, then SIGKILL)."""
+    child = _CHILD
+    if child is None or child.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGINT)
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "transformers")}
+
+
+def summarize(name: str, k: dict[str, Any], t: dict[str, Any] | None, peak: dict[str, Any],
+              job: dict[str, Any]) -> dict[str, Any]:
+    peak_gf = max(peak.get("jax_gflops", 0.0), peak.get("torch_gflops", 0.0)) or float("nan")
+    row: dict[str, Any] = {"workload": name, "batch": job["batch"], "length": LENGTH,
+                           "devices": job["devices"], "teacher_dtype": job["teacher_dtype"]}
+    if "error" in k:
+        row["kdjax_error"] = k["error"]
+        return row
+    fpt = k["flops_per_token"]["total"]
+    achieved = fpt * k["tokens_per_s"] / 1e9
+    row.update({
+        "kdjax_tokens_per_s": round(k["tokens_per_s"], 1),
+        "pytorch_tokens_per_s": round(t["tokens_per_s"], 1) if t and "error" not in t else None,
+        "ratio": round(k["tokens_per_s"] / t["tokens_per_s"], 3) if t and "error" not in t
+        else None,
+        "flops_per_token": fpt, "flops_parts": k["flops_per_token"],
+        "xla_flops_per_token": round(k["xla_flops_per_token"]),
+        "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak_gf, 2),
+        "peak_fraction": round(achieved / peak_gf, 3),
+        "pytorch_achieved_gflops": round(fpt * t["tokens_per_s"] / 1e9, 2)
+        if t and "error" not in t else None,
+        "kdjax_step_s": round(k["step_s"], 4), "kdjax_compile_s": round(k["compile_s"], 1),
+        "kdjax_peak_rss_mb": round(k["peak_rss_mb"], 1),
+        "pytorch_peak_rss_mb": round(t["peak_rss_mb"], 1) if t and "error" not in t else None,
+        "kdjax_xla_temp_mb": round(k["xla_temp_mb"] or 0, 1),
+        "kdjax_loss": [k["first_loss"], k["last_loss"]],
+        "pytorch_loss": [t["first_loss"], t["last_loss"]] if t and "error" not in t else None,
+        "teacher": k["teacher"],
+    })
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("workload", "batch", "kdjax tok/s", "torch tok/s", "ratio", "MFLOP/tok",
+            "GFLOP/s", "peak", "frac", "kdjax RSS MB", "torch RSS MB")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        if "kdjax_tokens_per_s" not in r:
+            lines.append(f"{r['workload']} | {r['batch']} | error: {r.get('kdjax_error')}")
+            continue
+        fmt = lambda v, f="{:.0f}": "-" if v is None else f.format(v)  # noqa: E731
+        lines.append(" | ".join([
+            r["workload"], str(r["batch"]), fmt(r["kdjax_tokens_per_s"]),
+            fmt(r["pytorch_tokens_per_s"]), fmt(r["ratio"], "{:.2f}x"),
+            f"{r['flops_per_token'] / 1e6:.1f}", fmt(r["achieved_gflops"], "{:.1f}"),
+            fmt(r["peak_gflops"], "{:.1f}"), fmt(r["peak_fraction"], "{:.0%}"),
+            fmt(r["kdjax_peak_rss_mb"]), fmt(r["pytorch_peak_rss_mb"]),
+        ]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small workloads only (< 3 min)")
+    p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=None)
+    p.add_argument("--scaled-teacher", dest="scaled", action="store_true", default=None,
+                   help="12 x 384 teacher (default on CPU)")
+    p.add_argument("--full-teacher", dest="scaled", action="store_false",
+                   help="the full 12 x 768 teacher (default on GPU/TPU)")
+    p.add_argument("--batch", type=int, default=None, help="default 16 (CPU) / 64 (GPU/TPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--teacher-dtype", default="auto",
+                   help="auto (float32 on CPU, bfloat16 elsewhere), float32 or bfloat16")
+    p.add_argument("--batch-scaling", type=int, nargs="*", default=None,
+                   help="batch sizes for the scaling sweep (default 8 16 32; empty: skip)")
+    p.add_argument("--device-scaling", type=int, nargs="*", default=None,
+                   help="simulated device counts (default 1 2 4 8; empty: skip)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    p.add_argument("--override", action="append", default=[],
+                   help="extra kdjax config override for every kdjax job (a lever to measure)")
+    p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the kdjax workers")
+    p.add_argument("--json-out", default=None, help="also write the JSON lines to this file")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return run_worker(args.worker)
+
+    import jax  # the driver only asks which backend runs the workers
+
+    backend = jax.default_backend()
+    cpu = backend == "cpu"
+    cores = os.cpu_count() or 1
+    scaled = cpu if args.scaled is None else args.scaled
+    t_dtype = args.teacher_dtype if args.teacher_dtype != "auto" else (
+        "float32" if cpu else "bfloat16")
+    batch = args.batch or (16 if cpu else 64)
+    names = args.workloads or (list(QUICK) if args.quick else list(FULL))
+    steps = args.steps or (3 if args.quick else 5)
+    b_scaling = args.batch_scaling if args.batch_scaling is not None else [8, 16, 32]
+    d_scaling = args.device_scaling if args.device_scaling is not None else [1, 2, 4, 8]
+    scale_wl = "tiny/paper_kd" if args.quick else names[0]
+    show = not args.no_progress and sys.stderr.isatty()
+
+    info = {"machine": cpu_model(), "cores": cores, "backend": backend,
+            "jax_devices": str(jax.devices()[0].device_kind), "versions": versions(),
+            "load_avg_start": load_avg(), "scaled_teacher": scaled, "xla_flags":
+            args.xla_flags if args.xla_flags is not None else os.environ.get("XLA_FLAGS", "")}
+    print("# " + json.dumps(info), flush=True)
+    out_lines: list[str] = []
+
+    def emit(obj: dict[str, Any]) -> None:
+        line = json.dumps(obj)
+        out_lines.append(line)
+        print(line, flush=True)
+
+    xla_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
+    tmp = tempfile.TemporaryDirectory(prefix="kdjax-bench-vocab-")
+    rows: list[dict[str, Any]] = []
+    scaling: list[dict[str, Any]] = []
+    interrupted = False
+    try:
+        from kdjax.config_lib import load_config
+
+        vocab_dirs: dict[int, str] = {}
+
+        def job_for(name: str, b: int, devices: int = 1, **extra: Any) -> dict[str, Any]:
+            spec = WORKLOADS[name]
+            size = int(load_config(spec["config"]).teacher.model.vocab_size)
+            if size not in vocab_dirs:
+                vocab_dirs[size] = str(write_vocab(Path(tmp.name) / str(size), size))
+            return {"workload": name, "batch": b, "devices": devices, "scaled_teacher": scaled,
+                    "teacher_dtype": t_dtype, "tokenizer": vocab_dirs[size], "warmup":
+                    args.warmup, "steps": steps, "threads": cores, "progress": show,
+                    "overrides": args.override, **extra}
+
+        peak = spawn({"kind": "peak", "n": 2048 if args.quick else 4096, "reps": 5,
+                      "threads": cores}, xla_env)
+        emit({"kind": "peak", **peak})
+        for name in names:
+            job = job_for(name, batch)
+            k = spawn({**job, "kind": "kdjax"}, xla_env)
+            t = None if args.no_torch else spawn({**job, "kind": "torch"})
+            row = summarize(name, k, t, peak, job)
+            row["load_avg"] = load_avg()
+            rows.append(row)
+            emit(row)
+        for b in b_scaling:
+            job = job_for(scale_wl, b)
+            k = spawn({**job, "kind": "kdjax"}, xla_env)
+            t = None if args.no_torch else spawn({**job, "kind": "torch"})
+            row = {"kind": "batch_scaling", "workload": scale_wl, "batch": b,
+                   "kdjax_tokens_per_s": k.get("tokens_per_s"),
+                   "pytorch_tokens_per_s": (t or {}).get("tokens_per_s"),
+                   "kdjax_peak_rss_mb": k.get("peak_rss_mb"),
+                   "pytorch_peak_rss_mb": (t or {}).get("peak_rss_mb"), "load_avg": load_avg()}
+            scaling.append(row)
+            emit(row)
+        flags = (xla_env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS", "")) +
+                 " --xla_force_host_platform_device_count=8").strip()
+        for n in d_scaling:
+            job = job_for(scale_wl, batch, devices=n)
+            k = spawn({**job, "kind": "kdjax"}, {"XLA_FLAGS": flags})
+            row = {"kind": "device_scaling", "workload": scale_wl, "batch": batch, "devices": n,
+                   "kdjax_tokens_per_s": k.get("tokens_per_s"),
+                   "first_loss": k.get("first_loss"), "kdjax_peak_rss_mb": k.get("peak_rss_mb"),
+                   "error": k.get("error"), "load_avg": load_avg()}
+            scaling.append(row)
+            emit(row)
+    except Interrupted:
+        interrupted = True
+        print("\ninterrupted: partial results below", file=sys.stderr)
+    finally:
+        tmp.cleanup()
+    print()
+    print(table(rows))
+    if scaling:
+        print()
+        print("scaling (simulated CPU devices share the same cores: a correctness / overhead "
+              "check, not a speed-up)")
+        for r in scaling:
+            what = f"batch {r['batch']}" if r["kind"] == "batch_scaling" else \
+                f"{r['devices']} device(s), batch {r['batch']}"
+            torch_tps = r.get("pytorch_tokens_per_s")
+            extra = f", torch {torch_tps:.0f} tok/s" if torch_tps else ""
+            loss = f", first loss {r['first_loss']:.5f}" if r.get("first_loss") else ""
+            kd = r.get("kdjax_tokens_per_s")
+            kd_s = f"{kd:.0f}" if kd else f"error ({r.get('error')})"
+            print(f"  {r['workload']} {what}: kdjax {kd_s} tok/s{extra}{loss}")
+    print(f"\nload average at the end: {load_avg():.2f}")
+    if args.json_out:
+        Path(args.json_out).write_text("\n".join(out_lines) + "\n")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
