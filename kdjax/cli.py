@@ -89,6 +89,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 
     handlers["export"] = add_export_cli(sub)
 
+    from kdjax.eval.commands import add_eval_commands
+
+    handlers.update(add_eval_commands(sub))
+
     return parser, handlers
 
 
@@ -121,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command in ("distill", "pretrain", "demo", "finetune", "evaluate"):
+        if args.command in ("distill", "pretrain", "demo", "finetune", "evaluate", "select"):
             enable_compilation_cache()
         return int(handlers[args.command](args, overrides) or 0)
     except KdjaxError as e:

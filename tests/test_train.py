@@ -543,6 +543,34 @@ def test_grad_accum_matches_full_batch(pretrained, tmp_path):
 
 # -- 2b. after every run above ---------------------------------------------------------------
 @pytest.mark.slow
+def test_student_init_from_a_model_dir_is_its_svd(distilled, pretrained, tmp_path):
+    """student.init=PATH: the trained student, factorized to the new student's ranks (how
+    LF-V1..V3 start from the KD student); a missing path is one clear config error."""
+    from kdjax.factorize import factorize_params
+    from kdjax.modeldir import load_model
+    from kdjax.train.loop import prepare
+
+    source = distilled["workdir"] / "model"
+    config = distill_config(pretrained["workdir"], f"student.init={source}",
+                            "student.model.ffn_rank=4", "student.model.attention_rank=4")
+    session = prepare(config, tmp_path / "run", "distill", progress=False)
+    src_cfg, src_params = load_model(source)
+    expected = factorize_params(src_params, src_cfg, session.run["task"].student_cfg)
+    got = dict(leaves_with_paths(jax.device_get(session.state.params["student"])))
+    want = dict(leaves_with_paths(expected))
+    assert got.keys() == want.keys()
+    assert got["['encoder']['layer_0']['intermediate']['down']['kernel']"].shape[-1] == 4
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+
+    from kdjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="student.init='/nonexistent'"):
+        prepare(distill_config(pretrained["workdir"], "student.init=/nonexistent"),
+                tmp_path / "bad", "distill", progress=False)
+
+
+@pytest.mark.slow
 def test_teacher_dirs_unchanged_after_all_runs(pretrained):
     assert tree_hash(pretrained["workdir"] / "model") == pretrained["hash"]
     assert tree_hash(pretrained["workdir"] / "generator") == pretrained["gen_hash"]

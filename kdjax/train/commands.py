@@ -1,4 +1,4 @@
-"""`kdjax distill`, `kdjax pretrain` and `kdjax demo`."""
+"""`kdjax distill`, `kdjax pretrain`, `kdjax finetune` and `kdjax demo`."""
 
 from __future__ import annotations
 
@@ -64,6 +64,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(json.dumps(out, ensure_ascii=False))
 
 
+def _finetune(args: argparse.Namespace, overrides: list[str]) -> int:
+    from kdjax.config_lib import load_config
+    from kdjax.train.finetune import print_results, run_task
+
+    init_distributed(args)
+    config = load_config(args.config, overrides)
+    print_results(run_task(config, args.workdir, progress=not args.no_progress))
+    return 0
+
+
 def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
     from kdjax.train.demo import run_demo
 
@@ -84,6 +94,15 @@ def add_train_commands(sub: argparse._SubParsersAction) -> dict[str, Callable]:
         p.add_argument("--no_progress", action="store_true", help="no progress bar")
         add_distributed_flags(p)
         handlers[kind] = _run(kind)
+    p = sub.add_parser("finetune", help="fine-tune a model on a Korean task, or distill a "
+                       "fine-tuned teacher into it (task KD, two-stage fine-tuning)")
+    p.add_argument("--config", required=True,
+                   help="task config (configs/finetune/TASK.py); set --config.model=PATH and "
+                   "--config.task.data_dir=DIR")
+    p.add_argument("--workdir", required=True, help="run directory (results.json, best/)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_distributed_flags(p)
+    handlers["finetune"] = _finetune
     p = sub.add_parser("demo", help="the whole pipeline on real Korean text, small and fast: "
                        "tokenizer -> ELECTRA teacher pre-training -> LF-V3-shaped student")
     p.add_argument("--workdir", default="kdjax-demo", help="output directory")

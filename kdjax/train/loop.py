@@ -414,18 +414,32 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
 
 
 def _maybe_init_student(config: Any, run: dict, state: Any, shardings: Any) -> Any:
+    """student.init: random | teacher_svd | PATH (a trained model, SVD-factorized to the
+    student's ranks: e.g. LF-V1..V3 students started from a distilled KD student)."""
     init = config.get("student", {}).get("init", "random") if run["teacher"] else "random"
-    if init == "random":
+    if init in ("random", ""):
         return state
-    if init != "teacher_svd":
-        raise ConfigError(f"student.init={init!r} is not one of random, teacher_svd")
-    teacher = run["teacher"]
-    if teacher["params"] is None:
-        raise ConfigError("student.init=teacher_svd needs a pretrained teacher (teacher.path)")
-    from kdjax.factorize import init_student_from_teacher
-
     s_cfg = run["task"].student_cfg
-    _, student = init_student_from_teacher(teacher["params"], teacher["config"], s_cfg)
+    if init == "teacher_svd":
+        teacher = run["teacher"]
+        if teacher["params"] is None:
+            raise ConfigError("student.init=teacher_svd needs a pretrained teacher "
+                              "(teacher.path)")
+        from kdjax.factorize import init_student_from_teacher
+
+        student = init_student_from_teacher(teacher["params"], teacher["config"], s_cfg)
+    else:
+        if not Path(str(init)).expanduser().exists():
+            raise ConfigError(f"student.init={init!r} is not one of random, teacher_svd, or an "
+                              "existing model directory")
+        from kdjax.factorize import factorize_params
+        from kdjax.modeldir import load_model
+
+        try:
+            src_cfg, src_params = load_model(Path(str(init)).expanduser())
+        except KdjaxError as e:
+            raise type(e)(f"student.init={init!r}: {e}") from e
+        student = factorize_params(src_params, src_cfg, s_cfg)
     params = dict(jax.device_get(state.params))
     params["student"] = _cast_tree(student, s_cfg.weight_dtype)
     return state.replace(params=place(params, shardings.params))

@@ -51,7 +51,7 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
             (loss, aux, grads), _ = jax.lax.scan(body, init, (jnp.arange(grad_accum), micro))
             loss, aux, grads = jax.tree_util.tree_map(lambda x: x / grad_accum,
                                                       (loss, aux, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,1 @@
+"""Evaluation: throughput, the comparison report, `kdjax evaluate` and `kdjax select`."""

@@ -1,0 +1,324 @@
+"""`evaluate_models`: fine-tune every model on every task, measure sizes and throughput, and
+write the comparison report.
+
+Layout of WORKDIR:
+  runs/NAME/TASK/       one `run_task` workdir per model x task (its results.json, best/ ...)
+  runs/NAME/throughput.json   the measured sentences/s (reused when batch/length/device match)
+  report.md, report.json, report.png
+
+Re-running the same command resumes: a run with a results.json is read back, not retrained;
+a failed run (its error is in the report and in runs/NAME/TASK/error.txt) is tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kdjax.errors import ConfigError, DataError, KdjaxError
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DIR_NAMES = ("best", "model", "discriminator", "generator")
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+def split_list(spec: str | Sequence[str] | None) -> list[str]:
+    """ "a,b , c" -> ["a", "b", "c"] (a list passes through, stripped)."""
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return [s.strip() for s in items if s and s.strip()]
+
+
+def _is_config_spec(path: str) -> bool:
+    return path.partition(":")[0].endswith(".py")
+
+
+def check_model_path(path: str) -> None:
+    """ConfigError when `path` is neither an existing path, a size config, nor a hub id."""
+    if _is_config_spec(path):
+        from kdjax.config_lib import resolve_config_path
+
+        resolve_config_path(path)
+        return
+    if Path(path).exists() or (_HUB_ID.match(path) and not path.startswith(".")):
+        return
+    raise ConfigError(
+        f"model path {path!r} does not exist; pass a kdjax model dir, a run workdir, an HF "
+        "directory or hub id, or a size config (e.g. configs/kd_small.py) for random init"
+    )
+
+
+def default_names(paths: Sequence[str]) -> list[str]:
+    """Short unique names from model paths: the folder name (its parent for best/ or model/),
+    a config file's stem; duplicates get -2, -3 ..."""
+    names: list[str] = []
+    for p in paths:
+        if _is_config_spec(p):
+            path, _, arg = p.partition(":")
+            name = Path(path).stem + (f"_{arg}" if arg else "")
+        else:
+            q = Path(p.rstrip("/"))
+            while q.name in _DIR_NAMES and q.parent.name:
+                q = q.parent
+            name = q.name or p
+        base, i = name, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def check_names(names: Sequence[str] | None, paths: Sequence[str], what: str = "models"
+                ) -> list[str]:
+    """The given names (validated) or default ones."""
+    if not names:
+        return default_names(paths)
+    names = list(names)
+    if len(names) != len(paths):
+        raise ConfigError(
+            f"--names has {len(names)} name(s) but --{what} has {len(paths)}; give one name "
+            f"per model, in the same order"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--names must be unique, got {', '.join(names)}")
+    for n in names:
+        if not n or "/" in n or n in (".", ".."):
+            raise ConfigError(f"--names: {n!r} is not usable as a folder name")
+    return names
+
+
+def check_data_dir(data_dir: str) -> None:
+    if not data_dir:
+        raise DataError("--data_dir is required: the folder with one subfolder per task")
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data_dir {data_dir!r} is not a directory; point --data_dir at the "
+                        "folder holding nsmc/, kohate/ ... (see docs/evaluation.md)")
+
+
+def resolve_teacher(teacher: str | None, names: Sequence[str], paths: Sequence[str]) -> str:
+    """The teacher's name: given by name or by path; default the first model."""
+    if not teacher:
+        return names[0]
+    if teacher in names:
+        return teacher
+    want = os.path.normpath(os.path.abspath(teacher))
+    for name, path in zip(names, paths):
+        if os.path.normpath(os.path.abspath(path)) == want or path == teacher:
+            return name
+    raise ConfigError(
+        f"--teacher {teacher!r} is neither a name ({', '.join(names)}) nor a path of --models; "
+        "add the teacher to --models"
+    )
+
+
+def overrides_for(task: str, overrides: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    """The overrides that apply to `task`: all plain ones, plus `TASK.key=v` ones for this
+    task with the `TASK.` prefix dropped (e.g. `kohate.task.binary=true`)."""
+    out = []
+    for item in overrides:
+        key = item.removeprefix("--config.").removeprefix("config.")
+        head, _, rest = key.partition(".")
+        if head in tasks and rest:
+            if head == task:
+                out.append(rest)
+        else:
+            out.append(key)
+    return out
+
+
+def task_config(task: str, model: str, data_dir: str, overrides: Sequence[str] = (),
+                name: str = "") -> Any:
+    """finetune_config(task) + overrides, with the model path and data_dir set."""
+    from kdjax.config_lib import apply_overrides
+    from kdjax.train.finetune import finetune_config
+
+    config = apply_overrides(finetune_config(task), list(overrides))
+    with config.ignore_type():
+        config.model = model
+        config.task.data_dir = data_dir
+        if name and "name" in config:
+            config.name = f"{name}_{task}"
+    return config
+
+
+# -- sizes and throughput -------------------------------------------------------------------------
+
+def model_encoder_config(path: str) -> tuple[Any, Any]:
+    """(EncoderConfig, params or None) of a model path; params None for a size config."""
+    from kdjax.models.config import EncoderConfig
+
+    if _is_config_spec(path):
+        from kdjax.config_lib import load_config
+
+        config = load_config(path)
+        for key in ("model", "student", "discriminator"):
+            if key in config:
+                section = config[key]
+                return EncoderConfig.from_any(section.get("model", section)), None
+        raise ConfigError(f"config {path} has no model, student or discriminator section")
+    from kdjax.modeldir import load_model
+
+    return load_model(path)
+
+
+def measure_model(name: str, path: str, run_dir: Path, *, batch: int = 32, length: int = 128,
+                  iters: int = 10, measure: bool = True) -> dict[str, Any]:
+    """{"params", "fp32_mb", "sentences_per_s"} of one model (encoder only, no head);
+    sentences/s is cached in run_dir/throughput.json."""
+    import jax
+
+    from kdjax.eval.throughput import device_description, throughput
+    from kdjax.models.size import param_report
+
+    cfg, params = model_encoder_config(path)
+    size = param_report(cfg.replace(head="none"))
+    out: dict[str, Any] = {"params": size["params"], "fp32_mb": size["fp32_mb"],
+                           "sentences_per_s": None}
+    if not measure:
+        return out
+    device = device_description()
+    key = {"path": path, "batch": batch, "length": length, "device": device}
+    cache = run_dir / "throughput.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if all(saved.get(k) == v for k, v in key.items()):
+            out["sentences_per_s"] = saved["sentences_per_s"]
+            return out
+    out["sentences_per_s"] = throughput(cfg, params, batch=batch, length=length, iters=iters)
+    if jax.process_index() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({**key, "sentences_per_s": out["sentences_per_s"]}) + "\n")
+    log.info("%s: %.1f sentences/s (batch %d x %d, %s)", name, out["sentences_per_s"], batch,
+             length, device)
+    return out
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+class RunInterrupted(KdjaxError):
+    """A run stopped on a signal (preemption); its checkpoints are saved."""
+
+
+def run_one(config: Any, run_dir: Path) -> dict[str, Any]:
+    """A finished run's saved results, or run_task now (resumes a partial run)."""
+    saved = run_dir / RESULTS_FILE
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    from kdjax.train.finetune import run_task
+
+    results = run_task(config, str(run_dir), progress=False)
+    if results.get("interrupted"):
+        raise RunInterrupted(f"interrupted in {run_dir} (checkpoint saved); run the same "
+                             "command again to resume")
+    return results
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+
+
+def _record_error(run_dir: Path, e: BaseException) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
+
+
+def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir: str,
+                    workdir: str, *, names: Sequence[str] | None = None,
+                    teacher: str | None = None, overrides: Sequence[str] = (),
+                    progress: bool = True, fail_fast: bool = False, throughput_batch: int = 32,
+                    throughput_length: int = 128, throughput_iters: int = 10,
+                    measure_throughput: bool = True) -> dict[str, Any]:
+    """Fine-tune each model on each task and write WORKDIR/report.{md,json,png}.
+
+    Args:
+      models: model paths (kdjax model dir / run workdir / HF dir or hub id / size config).
+      tasks: task names or a spec ("all", "nsmc,korsts").
+      data_dir: folder with one subfolder per task.
+      workdir: output folder (runs/NAME/TASK per run, the report files at the top).
+      names: display names, one per model (default: from the paths).
+      teacher: the reference model, by name or path (default: the first model).
+      overrides: `key=value` fine-tuning config overrides for every run; `TASK.key=value`
+        applies to that task only (e.g. `kohate.task.binary=true`).
+      progress: a tqdm bar per task (over the models).
+      fail_fast: re-raise the first failed run instead of recording it in the report.
+      throughput_*: the throughput measurement (batch x length, timed calls).
+    Returns:
+      the report dict (see `kdjax.eval.report.build_report`) plus "files": {md, json, png}.
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    from kdjax.data.tasks import get_task, resolve_tasks
+    from kdjax.eval.report import TASK_LABELS, build_report, write_report
+    from kdjax.eval.throughput import device_description
+
+    models = split_list(models)
+    if not models:
+        raise ConfigError("--models is empty; pass comma-separated model paths")
+    check_data_dir(data_dir)
+    task_list = resolve_tasks(tasks)
+    for path in models:
+        check_model_path(path)
+    names = check_names(split_list(names) if names is not None else None, models)
+    teacher_name = resolve_teacher(teacher, names, models)
+    overrides = list(overrides)
+    # Build every config now: a bad override fails here, in one line, before any training.
+    configs = {
+        (name, task): task_config(task, path, data_dir, overrides_for(task, overrides,
+                                                                      task_list), name)
+        for task in task_list for name, path in zip(names, models)
+    }
+    runs_dir = Path(workdir) / "runs"
+
+    entries = []
+    for name, path in zip(names, models):
+        size = measure_model(name, path, runs_dir / name, batch=throughput_batch,
+                             length=throughput_length, iters=throughput_iters,
+                             measure=measure_throughput)
+        entries.append({"name": name, "path": path, **size, "results": {}, "errors": {}})
+
+    for task in task_list:
+        bar = tqdm(list(zip(names, models)), desc=TASK_LABELS.get(task, task),
+                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True,
+                   unit="model")
+        for (name, _), entry in zip(bar, entries):
+            bar.set_postfix_str(name)
+            run_dir = runs_dir / name / task
+            try:
+                results = run_one(configs[name, task], run_dir)
+            except (KeyboardInterrupt, SystemExit, RunInterrupted):
+                raise
+            except Exception as e:
+                if fail_fast:
+                    raise
+                log.warning("%s on %s failed: %s (details in %s)", name, task,
+                            _error_text(e), run_dir / "error.txt")
+                _record_error(run_dir, e)
+                entry["errors"][task] = _error_text(e)
+                continue
+            entry["results"][task] = results
+            log.info("%s on %s: %s", name, task, results.get("score"))
+        bar.close()
+
+    setup = {"batch": throughput_batch, "length": throughput_length,
+             "device": device_description(), "data_dir": str(data_dir),
+             "overrides": overrides}
+    report = build_report(entries, task_list, teacher=teacher_name,
+                          main_metrics={t: get_task(t).main_metric for t in task_list},
+                          setup=setup)
+    files = write_report(report, workdir) if jax.process_index() == 0 else {}
+    return {**report, "files": files}

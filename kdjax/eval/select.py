@@ -1,0 +1,228 @@
+"""`select_model`: pick the best of several candidate teachers or students for one task.
+
+Each candidate is fine-tuned on the task (or, when it already is a model fine-tuned for this
+task, only evaluated) with the task's fine-tuning config, and scored on the dev split, or on
+the held-out part of train when the task has no dev split. The test split is never looked at:
+selection on test would leak it into the reported scores. The choice is written to
+WORKDIR/selection.json and returned.
+
+Runs go to WORKDIR/runs/NAME/TASK, the layout `kdjax evaluate` uses, so evaluating the chosen
+model in the same WORKDIR reuses its run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kdjax.errors import ConfigError, KdjaxError
+
+log = logging.getLogger(__name__)
+
+SELECTION_FILE = "selection.json"
+EVAL_FILE = "selection_eval.json"  # not results.json: that one is a full run_task's (with test)
+
+
+class SelectionError(KdjaxError):
+    """No candidate could be fine-tuned / evaluated on the task."""
+
+
+def finetuned_for(path: str, task: str) -> bool:
+    """True when `path` is a kdjax model dir (or a run workdir's best/ or model/) whose head
+    and labels are those of `task`, e.g. the best/ of an earlier `kdjax finetune` run."""
+    from kdjax.data.tasks import get_task
+    from kdjax.modeldir import MODEL_FILE, find_model_dir
+
+    p = Path(path)
+    # a `kdjax finetune` WORKDIR means its best/ (as kdjax.train.finetune.resolve_model reads it)
+    model_dir = find_model_dir(p / "best") or find_model_dir(p)
+    if model_dir is None:
+        return False
+    meta = json.loads((model_dir / MODEL_FILE).read_text())
+    recorded = meta.get("task")
+    recorded = recorded.get("name") if isinstance(recorded, dict) else recorded
+    if recorded and recorded != task:
+        return False
+    spec = get_task(task)
+    cfg = meta.get("config", {})
+    if cfg.get("head") != spec.head:
+        return False
+    if spec.head in ("classification", "token_classification") and \
+            cfg.get("num_labels") != spec.num_labels:
+        return False
+    return True
+
+
+def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
+    """Score an already fine-tuned model (`config.model`) on the task's selection split (dev,
+    or the held-out part of train, split exactly as `run_task` does) without training.
+
+    Returns (and caches in run_dir/selection_eval.json) {"task", "model", "main_metric",
+    "dev": {metric: v}, "dev_score", "selected_on", "model_dir", "evaluated_only": True}.
+    """
+    import flax.linen as nn
+    import jax
+
+    from kdjax import sharding as shd
+    from kdjax.data.tasks import get_task
+    from kdjax.data.tokenizer import load_tokenizer
+    from kdjax.models.model import abstract_params
+    from kdjax.train.finetune import (
+        TASK_SETTINGS,
+        resolve_model,
+        selection_split,
+        split_heldout,
+        task_model_config,
+    )
+    from kdjax.train.loop import _cast_tree, place
+    from kdjax.train.predict import Predictor
+
+    cache = run_dir / EVAL_FILE
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    tcfg = config.task
+    task = get_task(str(tcfg.name), **{k: v for k, v in tcfg.items() if k not in TASK_SETTINGS})
+    spec = resolve_model(str(config.model), "model")
+    tok_path = config.get("tokenizer", "") or spec.tok_dir
+    if not tok_path:
+        raise ConfigError(f"model {config.model!r} has no tokenizer; set --config.tokenizer")
+    tokenizer = load_tokenizer(str(tok_path))
+    data_dir = str(tcfg.data_dir)
+    where = selection_split(task, data_dir)
+    limit = int(tcfg.get("limit_eval", 0)) or None
+    if where == "dev":
+        examples = task.load(data_dir, "dev", limit=limit)
+    else:
+        train = task.load(data_dir, "train", limit=int(tcfg.get("limit_train", 0)) or None)
+        _, examples = split_heldout(train, float(tcfg.heldout_fraction),
+                                    int(tcfg.get("heldout_seed", 0)))
+        examples = examples[:limit] if limit else examples
+    data = task.featurize(examples, tokenizer, int(tcfg.max_length))
+    cfg = task_model_config(spec.config, task)
+    mesh = shd.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
+    rules = shd.get_rules(config.mesh.get("rules", "replicated"))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = shd.logical_shardings(abstract_params(cfg, boxed=True), mesh, rules)
+        params = place(_cast_tree(spec.params, cfg.weight_dtype), shardings)
+        predictor = Predictor(cfg, mesh, shardings, int(config.eval.get("batch_size", 64)))
+        outputs = predictor(params, data.arrays)
+    metrics = {k: float(v) for k, v in task.evaluate(outputs, data).items()}
+    results = {"task": task.name, "model": str(config.model), "main_metric": task.main_metric,
+               "dev": metrics, "dev_score": metrics.get(task.main_metric),
+               "selected_on": where, "model_dir": str(spec.tok_dir or config.model),
+               "evaluated_only": True}
+    if jax.process_index() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return results
+
+
+def select_model(task: str, candidates: Sequence[str], data_dir: str, workdir: str,
+                 overrides: Sequence[str] = (), *, names: Sequence[str] | None = None,
+                 progress: bool = True, fail_fast: bool = False) -> dict[str, Any]:
+    """Fine-tune (or evaluate) every candidate on `task`, choose the best dev score.
+
+    Args:
+      task: one task name.
+      candidates: model paths (as for `kdjax evaluate --models`).
+      data_dir: folder with the task's data.
+      workdir: output folder: runs/NAME/TASK per candidate, selection.json.
+      overrides: `key=value` fine-tuning config overrides (e.g. `train.epochs=1`).
+      names: one name per candidate (default: from the paths).
+      progress: a tqdm bar over the candidates.
+      fail_fast: re-raise the first failed candidate instead of recording its error.
+    Returns (and writes to WORKDIR/selection.json):
+      {"task", "split": "dev" | "heldout", "metric", "scores": {name: dev score},
+       "chosen": name, "chosen_path", "runs": {name: {"path", "run_dir", "model_dir",
+       "dev", "finetuned": bool (False = only evaluated), "error"?}}}
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    from kdjax.data.tasks import get_task, resolve_tasks
+    from kdjax.eval.evaluate import (
+        RunInterrupted,
+        _error_text,
+        _record_error,
+        check_data_dir,
+        check_model_path,
+        check_names,
+        run_one,
+        split_list,
+        task_config,
+    )
+
+    check_data_dir(data_dir)
+    resolved = resolve_tasks(task)
+    if len(resolved) != 1:
+        raise ConfigError(f"--task takes one task, got {task!r}; select runs per task")
+    task = resolved[0]
+    candidates = split_list(candidates)
+    if not candidates:
+        raise ConfigError("--candidates is empty; pass comma-separated model paths")
+    for path in candidates:
+        check_model_path(path)
+    names = check_names(split_list(names) if names is not None else None, candidates,
+                        what="candidates")
+    metric = get_task(task).main_metric
+    overrides = list(overrides)
+    configs = {}
+    finetuned = {}
+    for name, path in zip(names, candidates):
+        finetuned[name] = finetuned_for(path, task)
+        configs[name] = task_config(task, path, data_dir, overrides, name)
+
+    runs: dict[str, dict[str, Any]] = {}
+    scores: dict[str, float] = {}
+    split = None
+    bar = tqdm(list(zip(names, candidates)), desc=f"select {task}", unit="model",
+               disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
+    for name, path in bar:
+        bar.set_postfix_str(name)
+        run_dir = Path(workdir) / "runs" / name / task
+        run = {"path": path, "run_dir": str(run_dir), "finetuned": not finetuned[name]}
+        runs[name] = run
+        try:
+            results = (score_finetuned(configs[name], run_dir) if finetuned[name]
+                       else run_one(configs[name], run_dir))
+        except (KeyboardInterrupt, SystemExit, RunInterrupted):
+            raise
+        except Exception as e:
+            if fail_fast:
+                raise
+            log.warning("%s on %s failed: %s", name, task, _error_text(e))
+            _record_error(run_dir, e)
+            run["error"] = _error_text(e)
+            continue
+        run["dev"] = results.get("dev", {})
+        run["model_dir"] = results.get("model_dir", "")
+        run["selected_on"] = results.get("selected_on", "dev")
+        split = split or run["selected_on"]
+        score = results.get("dev_score", run["dev"].get(metric))
+        if score is not None:
+            scores[name] = float(score)
+    bar.close()
+
+    chosen = max(scores, key=lambda n: scores[n]) if scores else None  # ties: first listed
+    selection = {
+        "task": task,
+        "split": split or "dev",
+        "metric": metric,
+        "scores": scores,
+        "chosen": chosen,
+        "chosen_path": dict(zip(names, candidates)).get(chosen) if chosen else None,
+        "runs": runs,
+    }
+    if jax.process_index() == 0:
+        out = Path(workdir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2, ensure_ascii=False)
+                                          + "\n", encoding="utf-8")
+    if chosen is None:
+        first = next((r["error"] for r in runs.values() if "error" in r), "no scores")
+        raise SelectionError(f"no candidate could be scored on {task} (first error: {first}); "
+                             f"see {Path(workdir) / 'runs'}/*/{task}/error.txt")
+    return selection
