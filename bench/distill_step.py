@@ -228,7 +228,32 @@ def worker_peak(job: dict[str, Any]) -> dict[str, Any]:
     return {"n": n, "jax_gflops": jax_gf, "torch_gflops": 2 * n**3 / best / 1e9}
 
 
+def timed_blocks(run_step: Any, sync: Any, steps: int, blocks: int, bar: Any) -> dict[str, Any]:
+    """Run `steps` steps in `blocks` back-to-back blocks, syncing only at each block's end.
+
+    Returns the mean seconds per step over all steps and over the fastest block (the machine is
+    shared: the best block is the least disturbed estimate; both frameworks use this protocol).
+    """
+    per_block = max(1, steps // blocks)
+    times = []
+    for b in range(blocks):
+        start = time.perf_counter()
+        for i in range(per_block):
+            out = run_step(b * per_block + i)
+            bar.update(1)
+        sync(out)
+        times.append((time.perf_counter() - start) / per_block)
+    return {"step_s_mean": sum(times) / len(times), "step_s_best": min(times),
+            "steps": per_block * blocks, "out": out}
+
+
 def worker_kdjax(job: dict[str, Any]) -> dict[str, Any]:
+    """One kdjax measurement per entry of job["sweep"] (batch, devices) in this process."""
+    results = [_kdjax_one({**job, **point}) for point in job.get("sweep", [{}])]
+    return results[0] if len(results) == 1 else {"sweep": results}
+
+
+def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
     import jax
     import numpy as np
 
@@ -245,47 +270,40 @@ def worker_kdjax(job: dict[str, Any]) -> dict[str, Any]:
             rows = local_rows(session.batch_sharding, batch_size)
             batches = [to_global(session.batches.rows(s, rows), session.batch_sharding,
                                  batch_size) for s in range(4)]
-            lowered = session.step_fn.lower(session.state, session.frozen, batches[0])
-            compiled = lowered.compile()
+            compiled = session.step_fn.lower(session.state, session.frozen, batches[0]).compile()
             compile_s = time.perf_counter() - t0
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list | tuple) else cost
             mem = compiled.memory_analysis()
-            state, frozen = session.state, session.frozen
-            warmup, steps = job["warmup"], job["steps"]
-            bar = _bar(warmup + steps, f"kdjax {job['workload']} b={batch_size}",
-                       job["progress"])
+            carry = {"state": session.state}
+            frozen = session.frozen
+            warmup, steps, blocks = job["warmup"], job["steps"], job["blocks"]
+            bar = _bar(warmup + steps, f"kdjax {job['workload']} b={batch_size} "
+                       f"dev={job['devices']}", job["progress"])
+
+            def run_step(i: int) -> Any:
+                carry["state"], metrics = compiled(carry["state"], frozen,
+                                                   batches[i % len(batches)])
+                return metrics
+
             first_loss = None
             for i in range(warmup):
-                state, metrics = compiled(state, frozen, batches[i % len(batches)])
-                jax.block_until_ready(metrics["loss"])
-                if first_loss is None:
-                    first_loss = float(metrics["loss"])
+                metrics = run_step(i)
+                first_loss = float(metrics["loss"]) if first_loss is None else first_loss
                 bar.update(1)
-            times = []
-            start = time.perf_counter()
-            for i in range(steps):  # no host sync inside: dispatch runs ahead of compute
-                ts = time.perf_counter()
-                state, metrics = compiled(state, frozen, batches[i % len(batches)])
-                if job.get("sync_each"):
-                    jax.block_until_ready(metrics["loss"])
-                times.append(time.perf_counter() - ts)
-                bar.update(1)
-            jax.block_until_ready((state, metrics))
-            elapsed = time.perf_counter() - start
+            timing = timed_blocks(run_step, jax.block_until_ready, steps, blocks, bar)
             bar.close()
-            loss = float(metrics["loss"])
+            loss = float(timing.pop("out")["loss"])
     tokens = batch_size * LENGTH
     flops = step_flops(task.objective, t_cfg, s_cfg, LENGTH)
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     return {
-        "tokens_per_s": tokens * steps / elapsed, "step_s": elapsed / steps,
-        "step_s_min": min(times) if job.get("sync_each") else None,
+        "tokens_per_s": tokens / timing["step_s_best"],
+        "tokens_per_s_mean": tokens / timing["step_s_mean"], **timing,
         "compile_s": compile_s, "first_loss": first_loss, "last_loss": loss,
         "finite": bool(np.isfinite(loss)), "flops_per_token": flops,
         "xla_flops_per_token": xla_flops / tokens,
         "xla_temp_mb": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
-        "xla_args_mb": getattr(mem, "argument_size_in_bytes", 0) / 2**20 if mem else None,
         "devices": len(session.run["mesh"].devices.flat), "batch": batch_size,
         "teacher": {k: getattr(t_cfg, k) for k in ("num_layers", "hidden_size", "num_heads",
                                                     "intermediate_size", "dtype")},
@@ -397,15 +415,6 @@ def worker_torch(job: dict[str, Any]) -> dict[str, Any]:
     hidden_pairs = next((t.pairs for t in objective.terms if t.loss == "hidden_mse"), ())
     t_logits = objective.model_kwargs("teacher")["compute_logits"]
 
-    tok = load_tokenizer(job["tokenizer"])
-    with tempfile.TemporaryDirectory() as cache:
-        examples = tokenize_corpus(resolve_sources("builtin:sample"), tok, LENGTH,
-                                   cache_dir=cache, show_progress=False)
-    batches = StepBatches(examples, job["batch"], 0, tok.pad_token_id)
-    rows = np.arange(job["batch"])
-    host = [batches.rows(s, rows) for s in range(4)]
-    data = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in b.items()} for b in host]
-
     t_dtype = torch.bfloat16 if t_cfg.dtype == "bfloat16" else torch.float32
     teacher = _torch_model(t_cfg, with_head=t_logits).eval().to(t_dtype)
     student = _torch_model(s_cfg, with_head=t_logits).train()
@@ -473,25 +482,37 @@ def worker_torch(job: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        return float(loss)  # the host sync an eager loop does anyway (loss logging)
+        return float(loss.detach())  # the host sync an eager loop does (loss logging)
 
-    warmup, steps = job["warmup"], job["steps"]
-    bar = _bar(warmup + steps, f"torch {job['workload']} b={job['batch']}", job["progress"])
-    first = None
-    for i in range(warmup):
-        value = step(data[i % len(data)])
-        first = value if first is None else first
-        bar.update(1)
-    start = time.perf_counter()
-    for i in range(steps):
-        value = step(data[i % len(data)])
-        bar.update(1)
-    elapsed = time.perf_counter() - start
-    bar.close()
-    tokens = job["batch"] * LENGTH
-    return {"tokens_per_s": tokens * steps / elapsed, "step_s": elapsed / steps,
+    tok = load_tokenizer(job["tokenizer"])
+    with tempfile.TemporaryDirectory() as cache:
+        examples = tokenize_corpus(resolve_sources("builtin:sample"), tok, LENGTH,
+                                   cache_dir=cache, show_progress=False)
+    results = []
+    for point in job.get("sweep", [{}]):
+        batch_size = point.get("batch", job["batch"])
+        batches = StepBatches(examples, batch_size, 0, tok.pad_token_id)
+        rows = np.arange(batch_size)
+        data = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in
+                 batches.rows(s, rows).items()} for s in range(4)]
+        warmup, steps, blocks = job["warmup"], job["steps"], job["blocks"]
+        bar = _bar(warmup + steps, f"torch {job['workload']} b={batch_size}", job["progress"])
+        first = None
+        for i in range(warmup):
+            value = step(data[i % len(data)])
+            first = value if first is None else first
+            bar.update(1)
+        timing = timed_blocks(lambda i, d=data: step(d[i % len(d)]), lambda _: None, steps,
+                              blocks, bar)
+        bar.close()
+        value = timing.pop("out")
+        tokens = batch_size * LENGTH
+        results.append({
+            "tokens_per_s": tokens / timing["step_s_best"],
+            "tokens_per_s_mean": tokens / timing["step_s_mean"], **timing, "batch": batch_size,
             "first_loss": first, "last_loss": value, "finite": math.isfinite(value),
-            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
+            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()})
+    return results[0] if len(results) == 1 else {"sweep": results}
 
 
 WORKERS = {"peak": worker_peak, "kdjax": worker_kdjax, "torch": worker_torch}
@@ -524,8 +545,11 @@ def spawn(job: dict[str, Any], env_extra: dict[str, str] | None = None,
     env = {**os.environ, **(env_extra or {})}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    _CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
-                              start_new_session=True)
+    # Same session and process group as the driver: Ctrl-C reaches the worker too, and the
+    # worker shares the driver's scheduler autogroup (a new session gets its own autogroup,
+    # which on a shared Linux box with sched_autogroup_enabled=1 slowed a 2-thread PyTorch
+    # worker 10x here).
+    _CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         out, _ = _CHILD.communicate(timeout=timeout)
     except KeyboardInterrupt:
@@ -544,17 +568,17 @@ def spawn(job: dict[str, Any], env_extra: dict[str, str] | None = None,
 
 
 def stop_child() -> None:
-    """Stop the worker this driver started (its own session: SIGINT, then SIGKILL)."""
+    """Stop the worker this driver started, by its pid: SIGINT (it may already have one from
+    the terminal), then SIGKILL after 10 s."""
     child = _CHILD
     if child is None or child.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGINT)
+        child.send_signal(signal.SIGINT)
     try:
         child.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+        child.kill()
         child.wait()
 
 
@@ -564,79 +588,121 @@ def versions() -> dict[str, str]:
     return {p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "torch", "transformers")}
 
 
-def summarize(name: str, k: dict[str, Any], t: dict[str, Any] | None, peak: dict[str, Any],
+def _ok(result: dict[str, Any] | None) -> bool:
+    return bool(result) and "error" not in result
+
+
+def summarize(name: str, k: dict[str, Any], t: dict[str, Any] | None, peak_gf: float,
               job: dict[str, Any]) -> dict[str, Any]:
-    peak_gf = max(peak.get("jax_gflops", 0.0), peak.get("torch_gflops", 0.0)) or float("nan")
+    """The JSON line of one workload (kdjax `k` vs PyTorch `t`)."""
     row: dict[str, Any] = {"workload": name, "batch": job["batch"], "length": LENGTH,
-                           "devices": job["devices"], "teacher_dtype": job["teacher_dtype"]}
-    if "error" in k:
-        row["kdjax_error"] = k["error"]
+                           "kdjax_devices": job["devices"], "teacher_dtype": job["teacher_dtype"]}
+    if not _ok(k):
+        row["kdjax_error"] = k.get("error")
         return row
     fpt = k["flops_per_token"]["total"]
     achieved = fpt * k["tokens_per_s"] / 1e9
+    torch_ok = _ok(t)
+    rnd = lambda v, n=1: None if v is None else round(v, n)  # noqa: E731
     row.update({
-        "kdjax_tokens_per_s": round(k["tokens_per_s"], 1),
-        "pytorch_tokens_per_s": round(t["tokens_per_s"], 1) if t and "error" not in t else None,
-        "ratio": round(k["tokens_per_s"] / t["tokens_per_s"], 3) if t and "error" not in t
-        else None,
+        "kdjax_tokens_per_s": rnd(k["tokens_per_s"]),
+        "pytorch_tokens_per_s": rnd(t["tokens_per_s"]) if torch_ok else None,
+        "ratio": rnd(k["tokens_per_s"] / t["tokens_per_s"], 3) if torch_ok else None,
+        "kdjax_tokens_per_s_mean": rnd(k["tokens_per_s_mean"]),
+        "pytorch_tokens_per_s_mean": rnd(t["tokens_per_s_mean"]) if torch_ok else None,
         "flops_per_token": fpt, "flops_parts": k["flops_per_token"],
         "xla_flops_per_token": round(k["xla_flops_per_token"]),
-        "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak_gf, 2),
-        "peak_fraction": round(achieved / peak_gf, 3),
-        "pytorch_achieved_gflops": round(fpt * t["tokens_per_s"] / 1e9, 2)
-        if t and "error" not in t else None,
-        "kdjax_step_s": round(k["step_s"], 4), "kdjax_compile_s": round(k["compile_s"], 1),
-        "kdjax_peak_rss_mb": round(k["peak_rss_mb"], 1),
-        "pytorch_peak_rss_mb": round(t["peak_rss_mb"], 1) if t and "error" not in t else None,
-        "kdjax_xla_temp_mb": round(k["xla_temp_mb"] or 0, 1),
+        "achieved_gflops": rnd(achieved, 2), "peak_gflops": rnd(peak_gf, 2),
+        "peak_fraction": rnd(achieved / peak_gf, 3),
+        "pytorch_achieved_gflops": rnd(fpt * t["tokens_per_s"] / 1e9, 2) if torch_ok else None,
+        "pytorch_peak_fraction": rnd(fpt * t["tokens_per_s"] / 1e9 / peak_gf, 3)
+        if torch_ok else None,
+        "kdjax_step_s": rnd(k["step_s_best"], 4), "kdjax_compile_s": rnd(k["compile_s"]),
+        "kdjax_peak_rss_mb": rnd(k["peak_rss_mb"]),
+        "pytorch_peak_rss_mb": rnd(t["peak_rss_mb"]) if torch_ok else None,
+        "kdjax_xla_temp_mb": rnd(k["xla_temp_mb"] or 0),
         "kdjax_loss": [k["first_loss"], k["last_loss"]],
-        "pytorch_loss": [t["first_loss"], t["last_loss"]] if t and "error" not in t else None,
+        "pytorch_loss": [t["first_loss"], t["last_loss"]] if torch_ok else None,
         "teacher": k["teacher"],
     })
+    if not torch_ok and t is not None:
+        row["pytorch_error"] = t.get("error")
     return row
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("workload", "batch", "kdjax tok/s", "torch tok/s", "ratio", "MFLOP/tok",
-            "GFLOP/s", "peak", "frac", "kdjax RSS MB", "torch RSS MB")
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+            "kdjax GFLOP/s", "peak", "kdjax frac", "torch frac", "kdjax RSS MB",
+            "torch RSS MB")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda v, f="{:.0f}": "-" if v is None else f.format(v)  # noqa: E731
     for r in rows:
         if "kdjax_tokens_per_s" not in r:
-            lines.append(f"{r['workload']} | {r['batch']} | error: {r.get('kdjax_error')}")
+            lines.append(f"| {r['workload']} | {r['batch']} | error: {r.get('kdjax_error')} |")
             continue
-        fmt = lambda v, f="{:.0f}": "-" if v is None else f.format(v)  # noqa: E731
-        lines.append(" | ".join([
+        lines.append("| " + " | ".join([
             r["workload"], str(r["batch"]), fmt(r["kdjax_tokens_per_s"]),
             fmt(r["pytorch_tokens_per_s"]), fmt(r["ratio"], "{:.2f}x"),
             f"{r['flops_per_token'] / 1e6:.1f}", fmt(r["achieved_gflops"], "{:.1f}"),
-            fmt(r["peak_gflops"], "{:.1f}"), fmt(r["peak_fraction"], "{:.0%}"),
-            fmt(r["kdjax_peak_rss_mb"]), fmt(r["pytorch_peak_rss_mb"]),
-        ]))
+            fmt(r["peak_gflops"], "{:.0f}"), fmt(r["peak_fraction"], "{:.0%}"),
+            fmt(r["pytorch_peak_fraction"], "{:.0%}"), fmt(r["kdjax_peak_rss_mb"]),
+            fmt(r["pytorch_peak_rss_mb"]),
+        ]) + " |")
     return "\n".join(lines)
+
+
+def scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in scaling:
+        if r["kind"] == "batch_scaling":
+            what = f"batch {r['batch']:>3}"
+        else:
+            what = f"{r['devices']} simulated device(s), batch {r['batch']}"
+        kd, pt = r.get("kdjax_tokens_per_s"), r.get("pytorch_tokens_per_s")
+        parts = [f"kdjax {kd:.0f} tok/s" if kd else f"kdjax error ({r.get('error')})"]
+        if pt:
+            parts.append(f"torch {pt:.0f} tok/s ({kd / pt:.2f}x)" if kd else f"torch {pt:.0f}")
+        if r.get("first_loss") is not None:
+            parts.append(f"first loss {r['first_loss']:.6f}")
+        out.append(f"  {r['workload']} {what}: " + ", ".join(parts))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small workloads only (< 3 min)")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--quick", action="store_true",
+                   help="only the small workload tiny/paper_kd (< 3 min on 2 cores)")
     p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=None)
     p.add_argument("--scaled-teacher", dest="scaled", action="store_true", default=None,
-                   help="12 x 384 teacher (default on CPU)")
+                   help="12 x 384 teacher (the default on CPU)")
     p.add_argument("--full-teacher", dest="scaled", action="store_false",
-                   help="the full 12 x 768 teacher (default on GPU/TPU)")
+                   help="the full 12 x 768 teacher (the default on GPU/TPU)")
     p.add_argument("--batch", type=int, default=None, help="default 16 (CPU) / 64 (GPU/TPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--blocks", type=int, default=2,
+                   help="timed steps run in this many blocks; the fastest block is reported")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps after compiling (default 2, --quick 1)")
     p.add_argument("--teacher-dtype", default="auto",
                    help="auto (float32 on CPU, bfloat16 elsewhere), float32 or bfloat16")
+    p.add_argument("--kdjax-devices", type=int, default=1,
+                   help="data-parallel devices for the kdjax workloads; on CPU > 1 simulates "
+                        "host devices (--xla_force_host_platform_device_count)")
     p.add_argument("--batch-scaling", type=int, nargs="*", default=None,
-                   help="batch sizes for the scaling sweep (default 8 16 32; empty: skip)")
+                   help="batch sizes for the scaling sweep (default 8 16 32, --quick 8 16; "
+                        "none: skip)")
     p.add_argument("--device-scaling", type=int, nargs="*", default=None,
-                   help="simulated device counts (default 1 2 4 8; empty: skip)")
+                   help="simulated device counts (default 1 2 4 8, --quick 1 8; none: skip)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads for the peer (default: the core count)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     p.add_argument("--override", action="append", default=[],
-                   help="extra kdjax config override for every kdjax job (a lever to measure)")
-    p.add_argument("--xla-flags", default=None, help="XLA_FLAGS for the kdjax workers")
+                   help="extra kdjax config override for every kdjax job (a lever to measure), "
+                        "e.g. --override teacher.model.attention_impl=einsum")
+    p.add_argument("--xla-flags", default=None,
+                   help="XLA_FLAGS for the kdjax workers (default: inherited)")
     p.add_argument("--json-out", default=None, help="also write the JSON lines to this file")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -644,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return run_worker(args.worker)
 
-    import jax  # the driver only asks which backend runs the workers
+    import jax  # the driver only asks which backend the workers will get
 
     backend = jax.default_backend()
     cpu = backend == "cpu"
@@ -654,17 +720,29 @@ def main(argv: list[str] | None = None) -> int:
         "float32" if cpu else "bfloat16")
     batch = args.batch or (16 if cpu else 64)
     names = args.workloads or (list(QUICK) if args.quick else list(FULL))
-    steps = args.steps or (3 if args.quick else 5)
-    b_scaling = args.batch_scaling if args.batch_scaling is not None else [8, 16, 32]
-    d_scaling = args.device_scaling if args.device_scaling is not None else [1, 2, 4, 8]
+    steps = args.steps or (4 if args.quick else 6)
+    b_scaling = args.batch_scaling if args.batch_scaling is not None else (
+        [8, 16] if args.quick else [8, 16, 32])
+    d_scaling = args.device_scaling if args.device_scaling is not None else (
+        [1, 8] if args.quick else [1, 2, 4, 8])
     scale_wl = "tiny/paper_kd" if args.quick else names[0]
     show = not args.no_progress and sys.stderr.isatty()
+    base_flags = args.xla_flags if args.xla_flags is not None else os.environ.get(
+        "XLA_FLAGS", "")
 
-    info = {"machine": cpu_model(), "cores": cores, "backend": backend,
-            "jax_devices": str(jax.devices()[0].device_kind), "versions": versions(),
-            "load_avg_start": load_avg(), "scaled_teacher": scaled, "xla_flags":
-            args.xla_flags if args.xla_flags is not None else os.environ.get("XLA_FLAGS", "")}
-    print("# " + json.dumps(info), flush=True)
+    def kdjax_env(devices: int) -> dict[str, str]:
+        flags = base_flags
+        if cpu and devices > 1:
+            flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+        return {"XLA_FLAGS": flags}
+
+    info = {"kind": "machine", "cpu": cpu_model(), "cores": cores, "backend": backend,
+            "device_kind": str(jax.devices()[0].device_kind), "versions": versions(),
+            "python": platform.python_version(), "load_avg_start": load_avg(),
+            "scaled_teacher": scaled, "teacher_dtype": t_dtype, "batch": batch,
+            "steps": steps, "blocks": args.blocks, "kdjax_devices": args.kdjax_devices,
+            "xla_flags": base_flags, "overrides": args.override,
+            "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
     out_lines: list[str] = []
 
     def emit(obj: dict[str, Any]) -> None:
@@ -672,83 +750,121 @@ def main(argv: list[str] | None = None) -> int:
         out_lines.append(line)
         print(line, flush=True)
 
-    xla_env = {"XLA_FLAGS": args.xla_flags} if args.xla_flags is not None else {}
-    tmp = tempfile.TemporaryDirectory(prefix="kdjax-bench-vocab-")
+    emit(info)
+    tmp = tempfile.TemporaryDirectory(prefix="kdjax-bench-")
+    # One compilation cache for this run: identical programs (state / teacher init) compile
+    # once across the worker processes. Timings are of the executables, unaffected.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tmp.name) / "jax-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     rows: list[dict[str, Any]] = []
     scaling: list[dict[str, Any]] = []
+    peaks: list[dict[str, Any]] = []
     interrupted = False
-    try:
+    vocab_dirs: dict[int, str] = {}
+
+    def job_for(name: str, b: int, devices: int = 1) -> dict[str, Any]:
         from kdjax.config_lib import load_config
 
-        vocab_dirs: dict[int, str] = {}
+        size = int(load_config(WORKLOADS[name]["config"]).teacher.model.vocab_size)
+        if size not in vocab_dirs:
+            vocab_dirs[size] = str(write_vocab(Path(tmp.name) / f"vocab{size}", size))
+        warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+        return {"workload": name, "batch": b, "devices": devices, "scaled_teacher": scaled,
+                "teacher_dtype": t_dtype, "tokenizer": vocab_dirs[size], "warmup": warmup,
+                "steps": steps, "blocks": args.blocks, "progress": show,
+                "threads": args.torch_threads or cores,
+                "overrides": args.override}
 
-        def job_for(name: str, b: int, devices: int = 1, **extra: Any) -> dict[str, Any]:
-            spec = WORKLOADS[name]
-            size = int(load_config(spec["config"]).teacher.model.vocab_size)
-            if size not in vocab_dirs:
-                vocab_dirs[size] = str(write_vocab(Path(tmp.name) / str(size), size))
-            return {"workload": name, "batch": b, "devices": devices, "scaled_teacher": scaled,
-                    "teacher_dtype": t_dtype, "tokenizer": vocab_dirs[size], "warmup":
-                    args.warmup, "steps": steps, "threads": cores, "progress": show,
-                    "overrides": args.override, **extra}
+    def peak() -> float:
+        vals = [max(x.get("jax_gflops", 0.0), x.get("torch_gflops", 0.0)) for x in peaks]
+        return max(vals) if vals else float("nan")
 
-        peak = spawn({"kind": "peak", "n": 2048 if args.quick else 4096, "reps": 5,
-                      "threads": cores}, xla_env)
-        emit({"kind": "peak", **peak})
-        for name in names:
-            job = job_for(name, batch)
-            k = spawn({**job, "kind": "kdjax"}, xla_env)
+    main_results: dict[str, tuple[dict, dict | None]] = {}
+    try:
+        n, reps = (2048, 3) if args.quick else (4096, 5)
+        peaks.append(spawn({"kind": "peak", "n": n, "reps": reps, "threads": cores},
+                           kdjax_env(1)))
+        emit({"kind": "peak", "when": "start", **peaks[-1]})
+        for name in tqdm_iter(names, "workloads", show):
+            job = job_for(name, batch, args.kdjax_devices)
+            k = spawn({**job, "kind": "kdjax"}, kdjax_env(args.kdjax_devices))
             t = None if args.no_torch else spawn({**job, "kind": "torch"})
-            row = summarize(name, k, t, peak, job)
+            main_results[name] = (k, t)
+        peaks.append(spawn({"kind": "peak", "n": n, "reps": reps, "threads": cores},
+                           kdjax_env(1)))
+        emit({"kind": "peak", "when": "end", **peaks[-1]})
+        for name, (k, t) in main_results.items():
+            row = summarize(name, k, t, peak(), job_for(name, batch, args.kdjax_devices))
             row["load_avg"] = load_avg()
             rows.append(row)
             emit(row)
-        for b in b_scaling:
-            job = job_for(scale_wl, b)
-            k = spawn({**job, "kind": "kdjax"}, xla_env)
-            t = None if args.no_torch else spawn({**job, "kind": "torch"})
-            row = {"kind": "batch_scaling", "workload": scale_wl, "batch": b,
-                   "kdjax_tokens_per_s": k.get("tokens_per_s"),
-                   "pytorch_tokens_per_s": (t or {}).get("tokens_per_s"),
-                   "kdjax_peak_rss_mb": k.get("peak_rss_mb"),
-                   "pytorch_peak_rss_mb": (t or {}).get("peak_rss_mb"), "load_avg": load_avg()}
-            scaling.append(row)
-            emit(row)
-        flags = (xla_env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS", "")) +
-                 " --xla_force_host_platform_device_count=8").strip()
-        for n in d_scaling:
-            job = job_for(scale_wl, batch, devices=n)
-            k = spawn({**job, "kind": "kdjax"}, {"XLA_FLAGS": flags})
-            row = {"kind": "device_scaling", "workload": scale_wl, "batch": batch, "devices": n,
-                   "kdjax_tokens_per_s": k.get("tokens_per_s"),
-                   "first_loss": k.get("first_loss"), "kdjax_peak_rss_mb": k.get("peak_rss_mb"),
-                   "error": k.get("error"), "load_avg": load_avg()}
-            scaling.append(row)
-            emit(row)
+        # Batch scaling: one process per framework sweeps the batch sizes (the main run's
+        # batch is reused when it is the same workload and device count).
+        reuse = main_results.get(scale_wl) if args.kdjax_devices == 1 else None
+        todo = [b for b in b_scaling if not (reuse and b == batch)]
+        if b_scaling:
+            job = {**job_for(scale_wl, batch), "sweep": [{"batch": b} for b in todo]}
+            ks = _sweep(spawn({**job, "kind": "kdjax"}, kdjax_env(1))) if todo else []
+            ts = [] if args.no_torch or not todo else _sweep(spawn({**job, "kind": "torch"}))
+            got = {b: (kk, tt) for b, kk, tt in zip(todo, ks, ts or [None] * len(ks))}
+            if reuse:
+                got[batch] = reuse
+            for b in b_scaling:
+                kk, tt = got.get(b, ({"error": "missing"}, None))
+                row = {"kind": "batch_scaling", "workload": scale_wl, "batch": b,
+                       "kdjax_tokens_per_s": kk.get("tokens_per_s"),
+                       "pytorch_tokens_per_s": (tt or {}).get("tokens_per_s"),
+                       "error": kk.get("error"), "load_avg": load_avg()}
+                scaling.append(row)
+                emit(row)
+        if d_scaling:
+            todo = [d for d in d_scaling if not (reuse and d == 1)]
+            job = {**job_for(scale_wl, batch), "sweep": [{"devices": d} for d in todo]}
+            ks = _sweep(spawn({**job, "kind": "kdjax"}, kdjax_env(max(todo)))) if todo else []
+            got_d = dict(zip(todo, ks))
+            if reuse:
+                got_d[1] = reuse[0]
+            for d in d_scaling:
+                kk = got_d.get(d, {"error": "missing"})
+                row = {"kind": "device_scaling", "workload": scale_wl, "batch": batch,
+                       "devices": d, "kdjax_tokens_per_s": kk.get("tokens_per_s"),
+                       "first_loss": kk.get("first_loss"), "error": kk.get("error"),
+                       "load_avg": load_avg()}
+                scaling.append(row)
+                emit(row)
     except Interrupted:
         interrupted = True
         print("\ninterrupted: partial results below", file=sys.stderr)
     finally:
         tmp.cleanup()
+    if not rows and main_results:  # interrupted before the summary: show what finished
+        rows = [summarize(n_, k, t, peak(), job_for(n_, batch, args.kdjax_devices))
+                for n_, (k, t) in main_results.items()]
     print()
     print(table(rows))
     if scaling:
-        print()
-        print("scaling (simulated CPU devices share the same cores: a correctness / overhead "
-              "check, not a speed-up)")
-        for r in scaling:
-            what = f"batch {r['batch']}" if r["kind"] == "batch_scaling" else \
-                f"{r['devices']} device(s), batch {r['batch']}"
-            torch_tps = r.get("pytorch_tokens_per_s")
-            extra = f", torch {torch_tps:.0f} tok/s" if torch_tps else ""
-            loss = f", first loss {r['first_loss']:.5f}" if r.get("first_loss") else ""
-            kd = r.get("kdjax_tokens_per_s")
-            kd_s = f"{kd:.0f}" if kd else f"error ({r.get('error')})"
-            print(f"  {r['workload']} {what}: kdjax {kd_s} tok/s{extra}{loss}")
-    print(f"\nload average at the end: {load_avg():.2f}")
+        print("\nscaling (simulated CPU devices share the same cores: a correctness / overhead "
+              "check; the first loss must agree across device counts)")
+        print("\n".join(scaling_lines(scaling)))
+    measured = ", ".join(f"jax {x.get('jax_gflops', 0):.0f} / torch {x.get('torch_gflops', 0):.0f}"
+                         for x in peaks)
+    print(f"\npeak dense fp32 matmul: {peak():.1f} GFLOP/s ({measured}); load average "
+          f"{info['load_avg_start']:.2f} at the start, {load_avg():.2f} at the end")
     if args.json_out:
         Path(args.json_out).write_text("\n".join(out_lines) + "\n")
     return 130 if interrupted else 0
+
+
+def _sweep(result: dict[str, Any]) -> list[dict[str, Any]]:
+    if "sweep" in result:
+        return result["sweep"]
+    return [result]
+
+
+def tqdm_iter(items: list[str], desc: str, show: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not show, file=sys.stderr, leave=False)
 
 
 if __name__ == "__main__":
