@@ -185,7 +185,9 @@ def _encode_chunk(tokenizer: Any, chunk: list[str], rows: list[np.ndarray], buff
     """Tokenise `chunk`, append finished rows to `rows`; returns the packing remainder."""
     cls_id, sep_id, pad_id = ids3
     body = max_length - 2
-    for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+    # verbose=False: long documents are split into rows here, so transformers' "longer than
+    # the maximum sequence length" warning does not apply
+    for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
         if not ids:
             continue
         if pack:

@@ -354,6 +354,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: 
     ckpt = Checkpointer(workdir / "checkpoints", keep=int(train_cfg.get("keep", 3)),
                         keep_period=int(train_cfg.get("keep_period", 0)) or None,
                         async_save=bool(train_cfg.get("async_checkpoints", True)))
+    # Outside the mesh context: SVD/loading is host work, and tracing init shapes under the
+    # logical-axis rules would ask for shardings of a mesh-less computation.
+    student_init = None if ckpt.all_steps() else _student_init(config, run)
     with _mesh_context(mesh, rules):
         restored = ckpt.restore(with_shardings(abstract, shardings)) if ckpt.all_steps() else None
         if restored is not None:
@@ -361,7 +364,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: 
             log.info("resumed from step %d (%s)", start, ckpt.directory)
         else:
             state = create_state(task.init, tx, int(train_cfg.seed), shardings)
-            state = _maybe_init_student(config, run, state, shardings)
+            if student_init is not None:
+                params = dict(jax.device_get(state.params))
+                params["student"] = student_init
+                state = state.replace(params=place(params, shardings.params))
             start = 0
         frozen, frozen_sh = None, None
         teacher = run["teacher"]
@@ -413,12 +419,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
     return summary
 
 
-def _maybe_init_student(config: Any, run: dict, state: Any, shardings: Any) -> Any:
-    """student.init: random | teacher_svd | PATH (a trained model, SVD-factorized to the
-    student's ranks: e.g. LF-V1..V3 students started from a distilled KD student)."""
+def _student_init(config: Any, run: dict) -> Any:
+    """The student's initial params (host numpy) for student.init: random (None) |
+    teacher_svd | PATH (a trained model, SVD-factorized to the student's ranks: e.g. LF-V1..V3
+    students started from a distilled KD student)."""
     init = config.get("student", {}).get("init", "random") if run["teacher"] else "random"
     if init in ("random", ""):
-        return state
+        return None
     s_cfg = run["task"].student_cfg
     if init == "teacher_svd":
         teacher = run["teacher"]
@@ -437,12 +444,10 @@ def _maybe_init_student(config: Any, run: dict, state: Any, shardings: Any) -> A
 
         try:
             src_cfg, src_params = load_model(Path(str(init)).expanduser())
+            student = factorize_params(src_params, src_cfg, s_cfg)
         except KdjaxError as e:
             raise type(e)(f"student.init={init!r}: {e}") from e
-        student = factorize_params(src_params, src_cfg, s_cfg)
-    params = dict(jax.device_get(state.params))
-    params["student"] = _cast_tree(student, s_cfg.weight_dtype)
-    return state.replace(params=place(params, shardings.params))
+    return _cast_tree(student, s_cfg.weight_dtype)
 
 
 def _start_line(kind: str, mesh: Any, run: dict, state: Any, frozen: Any, steps: int,
