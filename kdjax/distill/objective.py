@@ -36,6 +36,7 @@ from kdjax.distill import losses as L
 from kdjax.distill.mapping import layer_map
 from kdjax.errors import ConfigError
 from kdjax.models.config import EncoderConfig
+from kdjax.models.dense_dot import dense_matmul
 from kdjax.models.model import EncoderOutput
 
 Array = jax.Array
@@ -397,7 +398,8 @@ class Objective:
         if not term.projection:
             return lambda x: x
         p = projections[term.name]
-        return lambda x: x.astype(jnp.float32) @ p["kernel"].astype(jnp.float32) + p["bias"]
+        kernel = p["kernel"].astype(jnp.float32)
+        return lambda x: dense_matmul(x.astype(jnp.float32), kernel) + p["bias"]
 
     def describe(self) -> list[str]:
         """One human line per term (for the start summary)."""

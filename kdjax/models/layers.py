@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.models.config import EncoderConfig
+from kdjax.models.dense_dot import dense_dot_general
 
 Array = jax.Array
 
@@ -40,10 +41,19 @@ def factor_std(std: float, rank: int) -> float:
     return math.sqrt(std / math.sqrt(rank))
 
 
+def gelu_exact(x: Array) -> Array:
+    """Exact GELU, `x * Phi(x)`, in torch's form `0.5 x (1 + erf(x / sqrt 2))`.
+
+    `jax.nn.gelu(approximate=False)` uses `erfc`, which XLA:CPU evaluates about 2.4x slower
+    (forward) than `erf`; the two agree to 1 ulp over the range activations take.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))).astype(x.dtype))
+
+
 def activation(name: str) -> Callable[[Array], Array]:
     """The activation called `name` in HF configs. ELECTRA/BERT use exact (erf) GELU."""
     if name == "gelu":
-        return lambda x: nn.gelu(x, approximate=False)
+        return gelu_exact
     if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
         return lambda x: nn.gelu(x, approximate=True)
     return {"relu": nn.relu, "silu": nn.silu, "tanh": jnp.tanh}[name]
@@ -77,6 +87,7 @@ def Dense(  # noqa: N802
         param_dtype=config.weight_dtype,
         kernel_init=partitioned_normal(config.initializer_range, axes),
         bias_init=partitioned_zeros((axes[1],)),
+        dot_general=dense_dot_general,
         name=name,
     )
 
@@ -97,7 +108,8 @@ class LowRankDense(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         std = factor_std(cfg.initializer_range, self.rank)
-        common = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        common = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                      dot_general=dense_dot_general)
         h = nn.Dense(
             self.rank, use_bias=False, name="down",
             kernel_init=partitioned_normal(std, (self.axes[0], "rank")), **common,
