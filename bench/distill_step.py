@@ -743,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax  # the driver only asks which backend the workers will get
 
+    from kdjax.train.host_memory import thp_mode
+
     backend = jax.default_backend()
     cpu = backend == "cpu"
     cores = os.cpu_count() or 1
@@ -771,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"kind": "machine", "cpu": cpu_model(), "cores": cores, "backend": backend,
             "device_kind": str(jax.devices()[0].device_kind), "versions": versions(),
             "python": platform.python_version(), "load_avg_start": load_avg(),
+            "transparent_hugepages": thp_mode(),
             "scaled_teacher": scaled, "teacher_dtype": t_dtype, "batch": batch,
             "steps": steps, "blocks": args.blocks, "rounds": rounds,
             "kdjax_devices": args.kdjax_devices,
@@ -889,7 +892,11 @@ def main(argv: list[str] | None = None) -> int:
     measured = ", ".join(f"jax {x.get('jax_gflops', 0):.0f} / torch {x.get('torch_gflops', 0):.0f}"
                          for x in peaks)
     print(f"\npeak dense fp32 matmul: {peak():.1f} GFLOP/s ({measured}); load average "
-          f"{info['load_avg_start']:.2f} at the start, {load_avg():.2f} at the end")
+          f"{info['load_avg_start']:.2f} at the start, {load_avg():.2f} at the end; "
+          f"transparent huge pages: {info['transparent_hugepages'] or 'unknown'}")
+    if cpu and info["transparent_hugepages"] in ("madvise", "never"):
+        print("note: transparent huge pages are not 'always': XLA:CPU faults its per-step temp "
+              "buffer in 4 KiB pages (docs/performance.md, 'CPU: transparent huge pages')")
     if args.json_out:
         Path(args.json_out).write_text("\n".join(out_lines) + "\n")
     return 130 if interrupted else 0

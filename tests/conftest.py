@@ -9,3 +9,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for one test module, in-process and for subprocesses.
+
+    Sets `KDJAX_COMPILATION_CACHE` (read by `kdjax.cli.enable_compilation_cache` and by CLI
+    subprocesses) and restores jax's cache settings afterwards.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from kdjax.cli import enable_compilation_cache
+
+    path = tmp_path_factory.mktemp("xla_cache")
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    old_env = os.environ.get("KDJAX_COMPILATION_CACHE")
+    os.environ["KDJAX_COMPILATION_CACHE"] = str(path)
+    enable_compilation_cache()
+    compilation_cache.reset_cache()  # earlier tests may have initialised it without a dir
+    yield path
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+    if old_env is None:
+        os.environ.pop("KDJAX_COMPILATION_CACHE", None)
+    else:
+        os.environ["KDJAX_COMPILATION_CACHE"] = old_env

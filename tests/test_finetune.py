@@ -11,11 +11,9 @@ compilation cache (as in tests/test_train.py) keeps repeated programs cheap.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -56,31 +54,6 @@ def _rows(n: int, seed: int) -> list[tuple[str, int]]:
 def _write_nsmc(path: Path, rows: list[tuple[str, int]]) -> None:
     lines = ["id\tdocument\tlabel"] + [f"{i}\t{t}\t{y}" for i, (t, y) in enumerate(rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """A persistent compilation cache for this module (pattern of tests/test_train.py)."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    from kdjax.cli import enable_compilation_cache
-
-    path = tmp_path_factory.mktemp("xla_cache")
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: getattr(jax.config, n) for n in names}
-    old_env = os.environ.get("KDJAX_COMPILATION_CACHE")
-    os.environ["KDJAX_COMPILATION_CACHE"] = str(path)
-    enable_compilation_cache()
-    compilation_cache.reset_cache()
-    yield path
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-    if old_env is None:
-        os.environ.pop("KDJAX_COMPILATION_CACHE", None)
-    else:
-        os.environ["KDJAX_COMPILATION_CACHE"] = old_env
 
 
 @pytest.fixture(scope="module")

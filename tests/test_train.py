@@ -92,31 +92,6 @@ def cli_command(kind: str, workdir: Path, overrides: list[str], config: str = DI
 
 # -- fixtures --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """A persistent compilation cache for this module (in-process and subprocesses)."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    from kdjax.cli import enable_compilation_cache
-
-    path = tmp_path_factory.mktemp("xla_cache")
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: getattr(jax.config, n) for n in names}
-    old_env = os.environ.get("KDJAX_COMPILATION_CACHE")
-    os.environ["KDJAX_COMPILATION_CACHE"] = str(path)
-    enable_compilation_cache()
-    compilation_cache.reset_cache()  # earlier tests may have initialised it without a dir
-    yield path
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-    if old_env is None:
-        os.environ.pop("KDJAX_COMPILATION_CACHE", None)
-    else:
-        os.environ["KDJAX_COMPILATION_CACHE"] = old_env
-
-
-@pytest.fixture(scope="module")
 def sub_env(xla_cache):
     env = dict(os.environ)
     env.update(

@@ -34,6 +34,7 @@ from kdjax.errors import ConfigError, DataError, KdjaxError
 from kdjax.models.config import EncoderConfig
 from kdjax.models.size import count_params
 from kdjax.train.checkpoint import Checkpointer
+from kdjax.train.host_memory import advise_on_compiled
 from kdjax.train.metrics import MetricsWriter
 from kdjax.train.optimizer import make_optimizer
 from kdjax.train.state import create_state, state_shardings, with_shardings
@@ -153,6 +154,7 @@ def sync_processes(name: str, timeout_s: int = 1800) -> None:
 def compile_step(step_fn: Any, state: Any, frozen: Any, batch: Any) -> Any:
     """The step compiled ahead of time (then all processes sync), callable like `step_fn`."""
     compiled = step_fn.lower(state, frozen, batch).compile()
+    advise_on_compiled(compiled, jax.default_backend())
     sync_processes("kdjax_step_compiled")
     return compiled
 
