@@ -487,7 +487,9 @@ def full_rows_seed(teacher: Path, steps: int = 2) -> int:
 
     tok = load_tokenizer(teacher / "model")
     examples = tokenize_corpus([str(SAMPLE)], tok, 32, show_progress=False)
-    assert not (examples != tok.pad_token_id).all(), "expected one short row in the sample"
+    # Whether the packed sample ends in a short row depends on the test tokenizer's vocabulary,
+    # and WordPiece training is not deterministic across processes (tokenizers#1794): with no
+    # short row every seed qualifies and the loop returns 1.
     for seed in range(1, 100):
         batches = StepBatches(examples, 8, seed, tok.pad_token_id)
         if all(batches.rows(s, np.arange(8))["attention_mask"].all() for s in range(steps)):

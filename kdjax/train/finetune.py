@@ -50,10 +50,11 @@ from kdjax.train.loop import (
     _cast_tree,
     _mesh_context,
     _save_model_dir,
+    check_skips,
     compile_step,
     gather,
     place,
-    stop_requested_everywhere,
+    save_or_stop,
 )
 from kdjax.train.metrics import MetricsWriter
 from kdjax.train.optimizer import make_optimizer
@@ -644,7 +645,6 @@ def _stage_loop(run: _Run, step_fn: Any, state: Any, frozen: Any, batches: Array
     max_skips = int(train_cfg.get("max_consecutive_skips", 10))
     split = run.splits.selected_on
     show = run.progress and run.is_main
-    multi = jax.process_count() > 1
     preempt = Preemption()
     last: dict[str, float] = {}
     interrupted = False
@@ -666,11 +666,7 @@ def _stage_loop(run: _Run, step_fn: Any, state: Any, frozen: Any, batches: Array
                 if eval_now or done % log_every == 0:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     values["epoch"] = batches.epoch_of(done)
-                    if values["consecutive_skips"] >= max_skips:
-                        raise TrainingError(
-                            f"stopped at step {done}: {int(values['consecutive_skips'])} "
-                            f"consecutive non-finite updates; the last good checkpoint in "
-                            f"{ckpt.directory} is intact - lower train.lr or check the data")
+                    check_skips(values, max_skips, done, ckpt.directory)
                     if eval_now:
                         scores = evaluate(done, state)
                         values.update({f"{split}_{k}": v for k, v in scores.items()})
@@ -679,16 +675,8 @@ def _stage_loop(run: _Run, step_fn: Any, state: Any, frozen: Any, batches: Array
                     writer.write(done, values)
                     last = values
                 bar.update(1)
-                if multi:
-                    stop = (done % log_every == 0 or done == steps) and \
-                        stop_requested_everywhere(preempt.requested)
-                else:
-                    stop = preempt.requested
-                if done % save_every == 0 or done == steps or stop:
-                    ckpt.save(done, state, {**meta, "step": done, "data_position": done})
-                if stop:
+                if save_or_stop(done, steps, state, preempt, log_every, save_every, ckpt, meta):
                     interrupted = True
-                    log.warning("stopped at step %d on signal; checkpoint saved", done)
                     break
     finally:
         bar.close()

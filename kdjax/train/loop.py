@@ -482,7 +482,6 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
     bar = tqdm(total=steps, initial=start, disable=not show, desc="train", dynamic_ncols=True)
     t_mark, step_mark = None, start
     interrupted = False
-    multi = jax.process_count() > 1
     try:
         with preempt.installed():
             for step in range(start, steps):
@@ -506,26 +505,10 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
                     last = {k: float(v) for k, v in values.items()}
                     bar.set_postfix(loss=f"{last['loss']:.4f}",
                                     tok_s=f"{last.get('tokens_per_s', 0):.0f}")
-                    if values["consecutive_skips"] >= max_skips:
-                        bad = [k for k, v in values.items()
-                               if isinstance(v, np.ndarray | float) and not np.isfinite(v)]
-                        raise TrainingError(
-                            f"stopped at step {done}: {int(values['consecutive_skips'])} "
-                            f"consecutive non-finite updates (non-finite: {', '.join(bad)}); "
-                            f"the last good checkpoint in {ckpt.directory} is intact - lower "
-                            "train.lr or check the data"
-                        )
+                    check_skips(values, max_skips, done, ckpt.directory)
                 bar.update(1)
-                if multi:  # agree at steps every process reaches (one small all-gather)
-                    stop = (done % log_every == 0 or done == steps) and \
-                        stop_requested_everywhere(preempt.requested)
-                else:
-                    stop = preempt.requested
-                if done % save_every == 0 or done == steps or stop:
-                    ckpt.save(done, state, {**meta, "step": done, "data_position": done})
-                if stop:
+                if save_or_stop(done, steps, state, preempt, log_every, save_every, ckpt, meta):
                     interrupted = True
-                    log.warning("stopped at step %d on signal; checkpoint saved", done)
                     break
     finally:
         bar.close()
@@ -533,6 +516,38 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
         ckpt.wait()
     return {"state": state, "last_metrics": last, "interrupted": interrupted,
             "final_step": int(jax.device_get(state.step))}
+
+
+def check_skips(values: dict[str, Any], max_skips: int, done: int, ckpt_dir: Any) -> None:
+    """Raise `TrainingError` once `max_skips` updates in a row were non-finite (and skipped)."""
+    if values["consecutive_skips"] < max_skips:
+        return
+    bad = [k for k, v in values.items()
+           if isinstance(v, np.ndarray | float) and not np.isfinite(v)]
+    raise TrainingError(
+        f"stopped at step {done}: {int(values['consecutive_skips'])} consecutive non-finite "
+        f"updates (non-finite: {', '.join(bad) or 'none now'}); the last good checkpoint in "
+        f"{ckpt_dir} is intact - lower train.lr or check the data"
+    )
+
+
+def save_or_stop(done: int, steps: int, state: Any, preempt: Preemption, log_every: int,
+                 save_every: int, ckpt: Checkpointer, meta: dict) -> bool:
+    """After step `done`: save when due, and whether to stop on a signal (saved first).
+
+    Multi-host: processes agree on stopping only at steps every one of them reaches (log steps
+    and the last), with one small all-gather, so that all stop at the same step.
+    """
+    if jax.process_count() > 1:
+        stop = (done % log_every == 0 or done == steps) and \
+            stop_requested_everywhere(preempt.requested)
+    else:
+        stop = preempt.requested
+    if done % save_every == 0 or done == steps or stop:
+        ckpt.save(done, state, {**meta, "step": done, "data_position": done})
+    if stop:
+        log.warning("stopped at step %d on signal; checkpoint saved", done)
+    return stop
 
 
 def _save_model_dir(target: epath.Path, cfg: EncoderConfig, params: Any, tokenizer: Any,
