@@ -9,9 +9,22 @@ Public API:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+class _NoTorchNotice(logging.Filter):
+    """Drop transformers' import-time "PyTorch was not found" advice: kdjax runs its models in
+    JAX and uses transformers for tokenizers and configs only (torch is needed just for the
+    optional parity checks), so for kdjax users the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("PyTorch was not found")
+
+
+logging.getLogger("transformers").addFilter(_NoTorchNotice())
 
 from kdjax import distill
 from kdjax.models.config import EncoderConfig

@@ -169,6 +169,9 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
         "keep": 3,
         "keep_period": 0,  # also keep every Nth step (0 = off)
         "async_checkpoints": True,
+        # start over in a workdir that has checkpoints: they (and metrics.jsonl) are moved to
+        # WORKDIR/set-aside-<time>/ first; give it once, on the command line
+        "restart": False,
         "seed": 0,
         "lr": 5e-4,
         "warmup_steps": 0.1,  # int steps, or a float < 1 = fraction of train.steps

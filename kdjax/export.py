@@ -36,7 +36,9 @@ from flax.traverse_util import flatten_dict
 
 from kdjax.errors import CheckpointError, ConfigError, KdjaxError
 from kdjax.hf import key_table
+from kdjax.modeldir import save_safetensors
 from kdjax.models.config import EncoderConfig
+from kdjax.paths import absolute
 
 log = logging.getLogger(__name__)
 
@@ -349,14 +351,6 @@ def export_size(model_config: Any, format: str = "factorized",
     return {"params": params, "bytes": size, "mb": round(size / 1e6, 2), "tensors": len(tensors)}
 
 
-def _save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
-
-
 def _write_weights(state: dict[str, np.ndarray], out: Path,
                    max_shard_size: int | str | None) -> list[str]:
     """model.safetensors, or shards + model.safetensors.index.json (as transformers names them)."""
@@ -374,12 +368,12 @@ def _write_weights(state: dict[str, np.ndarray], out: Path,
         shards[-1][key] = state[key]
         used += nbytes
     if len(shards) == 1:
-        _save_safetensors(shards[0], out / WEIGHTS_NAME)
+        save_safetensors(shards[0], out / WEIGHTS_NAME, {"format": "pt"})
         return [WEIGHTS_NAME]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for name, shard in zip(names, shards):
-        _save_safetensors(shard, out / name)
+        save_safetensors(shard, out / name, {"format": "pt"})
         weight_map.update({k: name for k in shard})
     index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))},
              "weight_map": dict(sorted(weight_map.items()))}
@@ -672,7 +666,7 @@ def export_workdir(
     format, dtype = _check_format(format), _check_dtype(dtype)
     if max_shard_size is not None:
         parse_size(max_shard_size)
-    wd = Path(workdir).expanduser()
+    wd = Path(absolute(workdir))
     cfg, params, meta = _load_run_model(wd, step, part)
     tok = _resolve_tokenizer(tokenizer) if tokenizer is not None else _find_tokenizer(wd, meta)
     card = _run_card(wd, meta, cfg, part)

@@ -25,18 +25,33 @@ MODEL_FILE = "kdjax_model.json"
 PARAMS_FILE = "params.safetensors"
 
 
+def save_safetensors(tensors: dict[str, np.ndarray], path: str | os.PathLike,
+                     metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically (temp file + rename), readable by others.
+
+    safetensors creates files 0600; model directories are meant to be shared (served, copied,
+    uploaded), so the file gets the mode `save_pretrained` gives: 0666 minus the umask.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return path
+
+
 def save_model_dir(out_dir: str | os.PathLike, config: EncoderConfig, params: Any,
                    tokenizer: Any = None, **info: Any) -> Path:
     """Write a model directory (process 0 only; `params` fully gathered on host)."""
-    from safetensors.numpy import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32))
             for k, v in flatten_dict(params).items()}
-    tmp = out / f".{PARAMS_FILE}.tmp"
-    save_file(flat, tmp, metadata={"format": "kdjax"})
-    os.replace(tmp, out / PARAMS_FILE)
+    save_safetensors(flat, out / PARAMS_FILE, {"format": "kdjax"})
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     from kdjax import __version__

@@ -31,7 +31,9 @@ import json
 import logging
 import os
 import re
+import tempfile
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -386,6 +388,21 @@ def _is_standalone_char(ch: str) -> bool:
     )
 
 
+def _canonical_alphabet(counts: Counter[str], limit: int) -> list[str]:
+    """The `limit` most frequent non-space characters (ties by code point), by code point.
+
+    Why kdjax picks the alphabet and the '##c' ids itself: the `tokenizers` WordPiece (BPE)
+    trainer keeps its word counts in a Rust HashMap, randomly seeded per process. Which
+    characters survive `limit_alphabet` on a count tie, and the ids the '##c' forms get (first
+    seen, in HashMap order), then differ between processes, and the merges, whose ties break
+    by id, follow: two runs of one config trained different vocabularies. With the alphabet
+    given as `initial_alphabet` and every '##c' given a fixed id, training is deterministic.
+    """
+    chars = [c for c in counts if not c.isspace()]
+    chars.sort(key=lambda c: (-counts[c], c))
+    return sorted(chars[:limit])
+
+
 def _complete_wordpiece_vocab(
     trained: dict[str, int], specials: Sequence[str], vocab_size: int
 ) -> list[str]:
@@ -493,14 +510,6 @@ def train_wordpiece(
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=lowercase
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(specials),
-        limit_alphabet=limit_alphabet,
-        continuing_subword_prefix="##",
-        show_progress=False,  # our tqdm bar covers reading, the slow part
-    )
     stream = _LineStream(
         _training_lines(
             paths,
@@ -511,9 +520,34 @@ def train_wordpiece(
             show_progress=show_progress,
         )
     )
-    tok.train_from_iterator(_batched(stream, _BATCH_LINES), trainer=trainer)
-    if stream.count == 0:
-        raise DataError(f"no text lines found in {[str(p) for p in paths]}; the corpus is empty")
+    # Two passes over a spooled copy of the (possibly morpheme-split) lines: the first fixes
+    # the alphabet, the second trains. See `_canonical_alphabet` for why.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        counts: Counter[str] = Counter()
+        normalize = tok.normalizer.normalize_str
+        for line in stream:
+            counts.update(normalize(line))
+            spool.write(line.replace("\n", " ") + "\n")
+        if stream.count == 0:
+            raise DataError(
+                f"no text lines found in {[str(p) for p in paths]}; the corpus is empty"
+            )
+        alphabet = _canonical_alphabet(counts, limit_alphabet)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            # The '##c' forms as (temporary) special tokens get fixed ids up front; only the
+            # vocabulary list is kept, so they are ordinary tokens in the saved tokenizer.
+            special_tokens=[*specials, *("##" + c for c in alphabet
+                                         if not _is_standalone_char(c))],
+            initial_alphabet=alphabet,
+            limit_alphabet=len(alphabet),
+            continuing_subword_prefix="##",
+            show_progress=False,  # our tqdm bar covers reading, the slow part
+        )
+        spool.seek(0)
+        lines = (line.rstrip("\n") for line in spool)
+        tok.train_from_iterator(_batched(lines, _BATCH_LINES), trainer=trainer)
 
     vocab = _complete_wordpiece_vocab(tok.get_vocab(), specials, vocab_size)
     hf = _wordpiece_hf(vocab, specials, lowercase, model_max_length)

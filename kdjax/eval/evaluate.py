@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kdjax.errors import ConfigError, DataError, KdjaxError
+from kdjax.paths import absolute, model_ref
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,8 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
     from kdjax.eval.report import TASK_LABELS, build_report, write_report
     from kdjax.eval.throughput import device_description
 
-    models = split_list(models)
+    models = [model_ref(m) for m in split_list(models)]
+    data_dir, workdir = absolute(data_dir), absolute(workdir)
     if not models:
         raise ConfigError("--models is empty; pass comma-separated model paths")
     check_data_dir(data_dir)

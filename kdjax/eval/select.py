@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdjax.errors import ConfigError, KdjaxError
+from kdjax.paths import absolute, model_ref
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,13 @@ def select_model(task: str, candidates: Sequence[str], data_dir: str, workdir: s
         task_config,
     )
 
+    data_dir, workdir = absolute(data_dir), absolute(workdir)
     check_data_dir(data_dir)
     resolved = resolve_tasks(task)
     if len(resolved) != 1:
         raise ConfigError(f"--task takes one task, got {task!r}; select runs per task")
     task = resolved[0]
-    candidates = split_list(candidates)
+    candidates = [model_ref(c) for c in split_list(candidates)]
     if not candidates:
         raise ConfigError("--candidates is empty; pass comma-separated model paths")
     for path in candidates:

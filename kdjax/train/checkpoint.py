@@ -1,13 +1,31 @@
-"""Orbax checkpoints under WORKDIR/checkpoints: async saves, retention, fallback on corruption.
+"""Orbax checkpoints under WORKDIR/checkpoints: async saves, retention, safe restore.
 
 Each step directory holds two items: `state` (the TrainState, sharded arrays, restorable onto
 any mesh by passing target shardings) and `meta` (JSON: the config, the data position, the
 teacher's provenance, kdjax version). The teacher's weights are never saved.
+
+What a run does with the checkpoints it finds (`Checkpointer.restore`):
+
+* none                                -> start fresh;
+* the newest is unreadable            -> fall back to the newest readable one, loudly;
+* none can be read                    -> stop (`CheckpointError`) and delete nothing: a
+  transient storage fault must not throw a run away; `train.restart=True` starts over on
+  purpose (the old checkpoints are moved aside, see `set_aside`);
+* readable but not this run's shapes  -> stop (`CheckpointMismatchError`), naming the first
+  differing keys and shapes (a changed model, objective or optimizer, not corruption).
+
+A save that fails (unwritable directory, full disk) stops the run with one `CheckpointError`
+at the step it was due, or - for a failure inside Orbax's background write - at the first step
+after it (`Checkpointer.check`, polled every step, costs no device sync). Orbax writes into a
+temporary directory and renames it when complete, so a failed save leaves no step that looks
+good.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 import jax
@@ -16,24 +34,108 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from kdjax.errors import CheckpointError
+from kdjax.paths import absolute
 
 log = logging.getLogger(__name__)
 
+_RESTART_HINT = ("to start over on purpose pass --config.train.restart=True (the old "
+                 "checkpoints are moved aside, nothing is deleted) or use another --workdir")
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose arrays do not fit the run's state (changed config)."""
+
+
+def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions,
+             pytree_handler: bool = False) -> ocp.CheckpointManager:
+    # Registering the items' handlers up front lets `metadata(step)` describe a checkpoint
+    # that this process has not saved or restored yet (the fit check on resume).
+    state = ocp.PyTreeCheckpointHandler() if pytree_handler else ocp.StandardCheckpointHandler()
+    return ocp.CheckpointManager(
+        directory, item_names=("state", "meta"),
+        item_handlers={"state": state, "meta": ocp.JsonCheckpointHandler()}, options=options,
+    )
+
+
+def _key(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
+                    for k in path)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_key(path): tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in leaves}
+
+
+def tree_differences(saved: Any, target: Any, limit: int = 3) -> list[str]:
+    """The first `limit` differences between a checkpoint's array tree and the run's target
+    (keys only one side has, shapes that differ), as readable strings; [] when they fit."""
+    have, want = _shapes(saved), _shapes(target)
+    out = []
+    for key in sorted(set(have) | set(want)):
+        if key not in have:
+            out.append(f"{key} {want[key]} is not in the checkpoint")
+        elif key not in want:
+            out.append(f"{key} {have[key]} is in the checkpoint but not in this run")
+        elif have[key] != want[key]:
+            out.append(f"{key} has shape {have[key]} in the checkpoint, {want[key]} in this run")
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _check_writable(directory: epath.Path) -> None:
+    """Fail before any training when the checkpoint directory cannot be written."""
+    probe = directory / f".kdjax-write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except Exception as e:
+        raise CheckpointError(f"cannot write checkpoints to {directory}: {type(e).__name__}: "
+                              f"{e}; fix the permissions or pick another --workdir") from e
+
+
+def set_aside(workdir: str | epath.Path, names: tuple[str, ...]) -> epath.Path | None:
+    """Move `names` (e.g. checkpoints/, metrics.jsonl) of `workdir` into
+    WORKDIR/set-aside-<UTC time>/ so that a run can start over without deleting anything.
+    Returns that folder, or None when there was nothing to move."""
+    root = epath.Path(workdir)
+    present = [n for n in names if (root / n).exists()]
+    if not present:
+        return None
+    dest = root / time.strftime("set-aside-%Y%m%d-%H%M%S", time.gmtime())
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in present:
+        (root / name).rename(dest / name)
+    log.warning("train.restart: moved %s of %s to %s; starting over", ", ".join(present), root,
+                dest)
+    return dest
+
 
 class Checkpointer:
-    """A thin policy layer over `ocp.CheckpointManager`."""
+    """A policy layer over `ocp.CheckpointManager` (see the module doc)."""
 
     def __init__(self, directory: str | epath.Path, keep: int = 3, keep_period: int | None = None,
                  async_save: bool = True):
-        self.directory = epath.Path(directory)
+        # Orbax refuses relative paths (in its background thread, once training is underway).
+        self.directory = epath.Path(absolute(directory))
+        if jax.process_index() == 0:
+            _check_writable(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep and keep > 0 else None,
             keep_period=keep_period or None,
             enable_async_checkpointing=async_save,
             create=True,
+            # The step directory is made in the calling thread, so an unwritable directory
+            # fails the save at its step instead of leaving Orbax's writer threads waiting on
+            # it for minutes.
+            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = _manager(self.directory, options)
         self._unreadable: set[int] = set()
+        self._pending: int | None = None  # step of an async save not yet known to be good
+        self._failed = False
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -41,86 +143,150 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def _save_error(self, step: int, e: BaseException) -> CheckpointError:
+        self._failed = True
+        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            try:  # a half-written step must not survive as if it were good
+                tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+            except Exception:  # the cause (e.g. a read-only disk) may forbid this too
+                pass
+        return CheckpointError(f"saving the checkpoint of step {step} to {self.directory} "
+                               f"failed: {type(e).__name__}: {str(e)[:300]}")
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
         """Start an (async) save of `state` at `step`; returns False if it already exists.
 
-        A step that `restore` found unreadable is replaced (else the corrupt copy would stay
-        the newest checkpoint and every later resume would fall back again).
+        Raises `CheckpointError` if this save, or the previous one, failed. A step that
+        `restore` found unreadable is replaced (else the corrupt copy would stay the newest
+        checkpoint and every later resume would fall back again).
         """
+        self.check(block=True)
         if step in self._unreadable:
             log.warning("replacing the unreadable checkpoint at step %d", step)
             self.manager.delete(step)
             self._unreadable.discard(step)
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        try:
+            saved = self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+        except Exception as e:
+            raise self._save_error(step, e) from e
+        self._pending = step
+        return saved
+
+    def check(self, block: bool = False) -> None:
+        """Raise `CheckpointError` if the last async save failed. Non-blocking unless `block`
+        (then it waits for that save); cheap enough to call every step."""
+        if self._pending is None or (not block and self.manager.is_saving_in_progress()):
+            return
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(step, e) from e
 
     def restore(self, target: Any) -> tuple[Any, dict[str, Any], int] | None:
         """Restore the newest readable checkpoint into `target` (ShapeDtypeStructs with
-        shardings); an unreadable one is reported and the previous one is tried."""
-        for step in reversed(self.all_steps()):
+        shardings); None when there is none. See the module doc for the failure cases."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        tried: list[str] = []
+        for step in reversed(steps):
+            try:
+                saved = self.manager.metadata(step).item_metadata["state"]
+                saved = getattr(saved, "tree", saved)
+                if saved is None:
+                    raise CheckpointError("no state metadata")
+            except Exception as e:
+                tried.append(f"{step} ({type(e).__name__}: {str(e)[:120]})")
+                self._unreadable.add(step)
+                continue
+            diff = tree_differences(saved, target)
+            if diff:
+                raise CheckpointMismatchError(
+                    f"the checkpoint at step {step} in {self.directory} does not fit this "
+                    f"run's config: {'; '.join(diff)}. Resume with the config it was saved with "
+                    f"({self.directory.parent / 'config.json'}), or {_RESTART_HINT}")
             try:
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                             meta=ocp.args.JsonRestore()),
                 )
-                return restored.state, dict(restored.meta or {}), step
-            except Exception as e:  # corrupt / partial: fall back, loudly
+            except Exception as e:
+                tried.append(f"{step} ({type(e).__name__}: {str(e)[:120]})")
                 self._unreadable.add(step)
-                log.error(
-                    "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the "
-                    "previous one", step, self.directory, type(e).__name__, str(e)[:200],
-                )
-        return None
+                continue
+            if tried:
+                log.error("checkpoint(s) in %s unreadable: %s; resuming from step %d",
+                          self.directory, "; ".join(tried), step)
+            return restored.state, dict(restored.meta or {}), step
+        raise CheckpointError(
+            f"none of the {len(steps)} checkpoint(s) in {self.directory} can be read (steps "
+            f"tried: {'; '.join(tried)}); nothing was deleted - if the storage is back, run "
+            f"again to resume; {_RESTART_HINT}")
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until pending saves are written; raises `CheckpointError` if one failed."""
+        if self._pending is not None:
+            self.check(block=True)
+        else:
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish pending saves (raising if one failed, unless a failure was already raised)."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not self._failed:
+                    raise
 
 
 def read_state_numpy(directory: str | epath.Path, step: int | None = None) -> tuple[Any, dict]:
     """(state tree as numpy, meta) of a checkpoint, without knowing its structure up front.
 
-    Used to load a teacher or a model for export from a workdir on any machine (CPU).
+    Used to load a teacher or a model for export from a workdir on any machine (CPU); reads
+    only through Orbax's public metadata and restore API.
     """
-    root = epath.Path(directory)
-    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
-    if not steps:
+    root = epath.Path(absolute(directory))
+    if not root.exists():
         raise CheckpointError(f"no checkpoints in {root}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise CheckpointError(f"no checkpoint for step {step} in {root} (have {steps})")
-    item = root / str(step) / "state"
-    checkpointer = ocp.PyTreeCheckpointer()
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    manager = _manager(root, options, pytree_handler=True)
     try:
-        meta_tree = checkpointer.metadata(item)
-        tree = getattr(getattr(meta_tree, "item_metadata", meta_tree), "tree", None)
-        if tree is None:
-            raise CheckpointError(f"checkpoint {item} has no readable tree metadata")
-        restore_args = jax.tree_util.tree_map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
-        )
-        state = checkpointer.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(
-            f"checkpoint at step {step} in {root} is unreadable ({type(e).__name__}); pass "
-            "an older step"
-        ) from e
-    meta_file = root / str(step) / "meta" / "metadata"
-    meta = {}
-    if meta_file.exists():
-        import json
-
-        meta = json.loads(meta_file.read_text())
-    return state, meta
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise CheckpointError(f"no checkpoints in {root}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {root} (have {steps})")
+        try:
+            tree = manager.metadata(step).item_metadata["state"]
+            tree = getattr(tree, "tree", tree)
+            if tree is None:
+                raise CheckpointError(f"checkpoint at step {step} in {root} has no state")
+            restore_args = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(restore_args=restore_args),
+                meta=ocp.args.JsonRestore()))
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint at step {step} in {root} is unreadable ({type(e).__name__}); pass "
+                "an older step"
+            ) from e
+    finally:
+        manager.close()
+    return restored.state, dict(restored.meta or {})

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from kdjax.config_lib import load_config
+from kdjax.paths import absolute, corpus_sources
 
 
 def run_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
              progress: bool = True) -> dict[str, Any]:
     from kdjax.train.loop import train
 
-    root = Path(workdir)
-    files = corpus or "builtin:konlpy,builtin:sample"
+    root = Path(absolute(workdir))
+    files = corpus_sources(corpus) if corpus else "builtin:konlpy,builtin:sample"
     scale = [f"train.steps={max(2, int(300 * steps_scale))}"]
     t0 = time.perf_counter()
     print(f"[1/2] pre-training an ELECTRA teacher on {files} -> {root / 'teacher'}", flush=True)

@@ -43,7 +43,8 @@ from kdjax.data.corpus import Prefetcher
 from kdjax.data.task_batches import ArrayBatches
 from kdjax.errors import ConfigError, DataError, KdjaxError
 from kdjax.models.config import EncoderConfig
-from kdjax.train.checkpoint import Checkpointer
+from kdjax.paths import absolute, resolve_config_paths
+from kdjax.train.checkpoint import Checkpointer, set_aside
 from kdjax.train.loop import (
     Preemption,
     TrainingError,
@@ -55,6 +56,7 @@ from kdjax.train.loop import (
     gather,
     place,
     save_or_stop,
+    sync_processes,
 )
 from kdjax.train.metrics import MetricsWriter
 from kdjax.train.optimizer import make_optimizer
@@ -558,7 +560,7 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
     batch_sh = shd.batch_sharding(mesh, 1)  # [B, ...] arrays of any rank: rows on data axes
     ckpt = Checkpointer(stage_dir / "checkpoints", keep=int(train_cfg.get("keep", 1)),
                         async_save=bool(train_cfg.get("async_checkpoints", True)))
-    writer = MetricsWriter(stage_dir, enabled=run.is_main)
+    writer: MetricsWriter | None = None
     best_file = stage_dir / "best.json"
     tracker = BestTracker(task.main_metric, _read_json(best_file))
     last_eval = int((tracker.best or {}).get("evaluated_at", -1))
@@ -582,6 +584,7 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
                         s_cfg.weight_dtype)
                     state = state.replace(params=place(params, shardings.params))
                 start = 0
+            writer = MetricsWriter(stage_dir, enabled=run.is_main, start_step=start)
             frozen, frozen_sh = None, None
             if name == "distill":
                 boxed = jax.eval_shape(obj.init_teacher, jax.random.key(0))
@@ -622,7 +625,8 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
                                   meta, start, steps, every, evaluate, last_eval)
     finally:
         ckpt.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     if summary["interrupted"]:
         return {"name": name, "interrupted": True, "dir": str(stage_dir)}
     best = tracker.best or {}
@@ -661,6 +665,7 @@ def _stage_loop(run: _Run, step_fn: Any, state: Any, frozen: Any, batches: Array
                 if step == start:
                     step_fn = compile_step(step_fn, state, frozen, batch)
                 state, metrics = step_fn(state, frozen, batch)
+                ckpt.check()  # a failed background save stops the run here
                 done = step + 1
                 eval_now = done % every == 0 or done == steps
                 if eval_now or done % log_every == 0:
@@ -678,10 +683,10 @@ def _stage_loop(run: _Run, step_fn: Any, state: Any, frozen: Any, batches: Array
                 if save_or_stop(done, steps, state, preempt, log_every, save_every, ckpt, meta):
                     interrupted = True
                     break
+        ckpt.wait()
     finally:
         bar.close()
         prefetch.close()
-        ckpt.wait()
     return {"interrupted": interrupted, "last": last}
 
 
@@ -712,8 +717,13 @@ def run_task(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     A finished WORKDIR returns its results.json without training; an interrupted run returns
     {"interrupted": True, ...} and resumes from its checkpoints when called again.
     """
-    workdir = epath.Path(workdir)
+    workdir = epath.Path(absolute(workdir))
+    resolve_config_paths(config)
     results_file = workdir / RESULTS
+    if bool(config.train.restart):
+        if jax.process_index() == 0:
+            set_aside(workdir, ("stages", "best", RESULTS))
+        sync_processes("kdjax_restart")
     if results_file.exists():
         return json.loads(results_file.read_text())
     t0 = time.perf_counter()

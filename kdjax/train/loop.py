@@ -33,7 +33,8 @@ from kdjax.distill.objective import build_objective
 from kdjax.errors import ConfigError, DataError, KdjaxError
 from kdjax.models.config import EncoderConfig
 from kdjax.models.size import count_params
-from kdjax.train.checkpoint import Checkpointer
+from kdjax.paths import absolute, resolve_config_paths
+from kdjax.train.checkpoint import Checkpointer, set_aside
 from kdjax.train.host_memory import advise_on_compiled
 from kdjax.train.metrics import MetricsWriter
 from kdjax.train.optimizer import make_optimizer
@@ -332,8 +333,13 @@ def _mesh_context(mesh: Any, rules: Any) -> Iterator[None]:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
             progress: bool = True) -> Session:
-    """Validate, load data and teacher, restore or initialise the sharded state, jit the step."""
-    workdir = epath.Path(workdir)
+    """Validate, load data and teacher, restore or initialise the sharded state, jit the step.
+
+    Relative paths (`workdir`, and the path-valued config keys) mean relative to the current
+    directory; they are made absolute here, once (see `kdjax.paths`).
+    """
+    workdir = epath.Path(absolute(workdir))
+    resolve_config_paths(config)
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -353,6 +359,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: 
     tx, schedule = make_optimizer(train_cfg)
     abstract, shardings = state_shardings(task.init, tx, mesh, rules)
     batch_sh = shd.batch_sharding(mesh, 2)
+    if bool(train_cfg.restart):
+        if is_main:
+            set_aside(workdir, ("checkpoints", "metrics.jsonl", "tensorboard"))
+        sync_processes("kdjax_restart")
     ckpt = Checkpointer(workdir / "checkpoints", keep=int(train_cfg.get("keep", 3)),
                         keep_period=int(train_cfg.get("keep_period", 0)) or None,
                         async_save=bool(train_cfg.get("async_checkpoints", True)))
@@ -405,7 +415,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: st
         "models": run["models"], "main_model": run["main_model"], **run["meta"],
         "tokens_per_step": tokens, "num_examples": session.batches.num_examples,
     }
-    writer = MetricsWriter(workdir, enabled=is_main)
+    writer = MetricsWriter(workdir, enabled=is_main, start_step=session.start)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         print(_start_line(kind, run["mesh"], run, session.state, session.frozen, steps,
@@ -489,6 +499,7 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
                 if step == start:
                     step_fn = compile_step(step_fn, state, frozen, batch)
                 state, metrics = step_fn(state, frozen, batch)
+                ckpt.check()  # a failed background save stops the run here
                 done = step + 1
                 if t_mark is None:  # exclude compilation from throughput
                     jax.block_until_ready(metrics["loss"])
@@ -510,10 +521,10 @@ def _loop(session: Session, writer: MetricsWriter, meta: dict, steps: int,
                 if save_or_stop(done, steps, state, preempt, log_every, save_every, ckpt, meta):
                     interrupted = True
                     break
+        ckpt.wait()
     finally:
         bar.close()
         prefetch.close()
-        ckpt.wait()
     return {"state": state, "last_metrics": last, "interrupted": interrupted,
             "final_step": int(jax.device_get(state.step))}
 

@@ -19,18 +19,37 @@ def _plain(v: Any) -> Any:
     return int(f) if isinstance(v, int) else f
 
 
-class MetricsWriter:
-    """Writes on process 0 only; other processes get a no-op writer."""
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
-    def __init__(self, workdir: str | epath.Path, enabled: bool = True, tensorboard: bool = True):
+
+class MetricsWriter:
+    """Writes on process 0 only; other processes get a no-op writer.
+
+    `start_step`: the step the run starts (or resumes) from. Rows of an earlier attempt past
+    it are dropped first, so that after a resume every step appears once.
+    """
+
+    def __init__(self, workdir: str | epath.Path, enabled: bool = True, tensorboard: bool = True,
+                 start_step: int | None = None):
         self.enabled = enabled
         self.path = epath.Path(workdir) / "metrics.jsonl"
         # GCS objects cannot be appended to (gcsfs silently turns mode "a" into "w"): remote
         # files are rewritten whole, keeping the lines of an earlier (resumed) run
         self._remote = "://" in str(self.path)
         self._lines: list[str] = []
-        if enabled and self._remote and self.path.exists():
-            self._lines = self.path.read_text().splitlines(keepends=True)
+        if enabled and self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)
+            if start_step is not None:
+                kept = [ln for ln in lines if (s := _step_of(ln)) is not None and s <= start_step]
+                if len(kept) != len(lines):
+                    self.path.write_text("".join(kept))
+                lines = kept
+            if self._remote:
+                self._lines = lines
         self._tb = None
         if enabled and tensorboard:
             try:
