@@ -204,7 +204,7 @@ class Checkpointer:
                 if saved is None:
                     raise CheckpointError("no state metadata")
             except Exception as e:
-                tried.append(f"{step} ({type(e).__name__}: {str(e)[:120]})")
+                tried.append(f"step {step} ({type(e).__name__}: {str(e)[:120]})")
                 self._unreadable.add(step)
                 continue
             diff = tree_differences(saved, target)
@@ -220,16 +220,16 @@ class Checkpointer:
                                             meta=ocp.args.JsonRestore()),
                 )
             except Exception as e:
-                tried.append(f"{step} ({type(e).__name__}: {str(e)[:120]})")
+                tried.append(f"step {step} ({type(e).__name__}: {str(e)[:120]})")
                 self._unreadable.add(step)
                 continue
             if tried:
-                log.error("checkpoint(s) in %s unreadable: %s; resuming from step %d",
+                log.error("unreadable checkpoint(s) in %s: %s; resuming from step %d",
                           self.directory, "; ".join(tried), step)
             return restored.state, dict(restored.meta or {}), step
         raise CheckpointError(
-            f"none of the {len(steps)} checkpoint(s) in {self.directory} can be read (steps "
-            f"tried: {'; '.join(tried)}); nothing was deleted - if the storage is back, run "
+            f"none of the {len(steps)} checkpoint(s) in {self.directory} can be read (tried "
+            f"{'; '.join(tried)}); nothing was deleted - if the storage is back, run "
             f"again to resume; {_RESTART_HINT}")
 
     def wait(self) -> None:
