@@ -264,14 +264,14 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from kdjax.data.corpus import local_rows, to_global
-    from kdjax.train.loop import prepare
+    from kdjax.train.pretrain_distill import prepare
 
     config, t_cfg, s_cfg = model_configs(job)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kdjax-bench-") as workdir:
-        session = prepare(config, workdir, "distill", progress=False)
-        task = session.run["task"]
-        batch_size = session.run["global_batch"]
+        session, run = prepare(config, workdir, "distill", progress=False)
+        task = run.workload
+        batch_size = run.global_batch
         with session.context():
             rows = local_rows(session.batch_sharding, batch_size)
             batches = [to_global(session.batches.rows(s, rows), session.batch_sharding,
@@ -310,7 +310,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
         "finite": bool(np.isfinite(loss)), "flops_per_token": flops,
         "xla_flops_per_token": xla_flops / tokens,
         "xla_temp_mb": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
-        "devices": len(session.run["mesh"].devices.flat), "batch": batch_size,
+        "devices": len(session.mesh.devices.flat), "batch": batch_size,
         "teacher": {k: getattr(t_cfg, k) for k in ("num_layers", "hidden_size", "num_heads",
                                                     "intermediate_size", "dtype")},
         "peak_rss_mb": peak_rss_mb(),

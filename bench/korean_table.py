@@ -89,7 +89,7 @@ def pretrain_teacher(root: Path, corpus: str, steps: int, progress: bool) -> Pat
 
     from kdjax.config_lib import data_config, mesh_config, model_config, train_config
     from kdjax.modeldir import find_model_dir
-    from kdjax.train.loop import train
+    from kdjax.train.pretrain_distill import train
 
     workdir = root / "teacher"
     if find_model_dir(workdir) is not None:
@@ -117,7 +117,7 @@ def distill_student(root: Path, name: str, teacher: Path, corpus: str, steps: in
 
     from kdjax.config_lib import data_config, load_config, mesh_config, model_config, train_config
     from kdjax.modeldir import find_model_dir
-    from kdjax.train.loop import train
+    from kdjax.train.pretrain_distill import train
 
     workdir = root / name
     if find_model_dir(workdir) is not None:

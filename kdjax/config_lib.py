@@ -74,7 +74,10 @@ def sibling(file: str, name: str) -> ml_collections.ConfigDict:
     return load_config(str(Path(file).resolve().parent / name))
 
 
-def _parse_value(text: str, current: Any, key: str) -> Any:
+def _parse_text(text: str, current: Any, key: str) -> Any:
+    """Command-line text -> a Python value for `key` (whose current value is `current`):
+    true/false for bools, the text itself for strings, a Python literal otherwise (the text
+    when it is none). Type checks are ml_collections' own (`set_value`)."""
     if isinstance(current, bool):
         low = text.lower()
         if low in ("true", "1", "yes"):
@@ -85,50 +88,57 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     if isinstance(current, str):
         return text
     try:
-        value = ast.literal_eval(text)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        if current is None:
-            return text
-        raise ConfigError(
-            f"--config.{key}={text!r} is not a valid {type(current).__name__}"
-        ) from None
-    if isinstance(value, bool) and current is not None:  # bool is an int subclass
-        raise ConfigError(
-            f"--config.{key}={text!r} has type bool, expected {type(current).__name__}"
-        )
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if current is not None and not isinstance(value, type(current)):
-        if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
-            return type(current)(value)
-        raise ConfigError(
-            f"--config.{key}={text!r} has type {type(value).__name__}, "
-            f"expected {type(current).__name__}"
-        )
-    return value
+        return text
+
+
+def _locate(config: ml_collections.ConfigDict, key: str) -> tuple[Any, str]:
+    *parents, leaf = key.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r} (in {key!r})")
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        is_dict = isinstance(node, ml_collections.ConfigDict)
+        known = ", ".join(sorted(node.keys())) if is_dict else ""
+        raise ConfigError(f"unknown config key {key!r}; keys here: {known}")
+    return node, leaf
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
+              shown: str | None = None) -> None:
+    """`config.<key> = value` with ml_collections' type checking (ints widen to floats,
+    lists and tuples convert); a wrong type or an unknown key is a `ConfigError` naming the
+    key. A mapping assigned to a section merges into it key by key."""
+    node, leaf = _locate(config, key)
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+        for k, v in value.items():
+            set_value(config, f"{key}.{k}", v)
+        return
+    if isinstance(value, bool) and current is not None and not isinstance(current, bool):
+        # ml_collections lets a bool into an int field (bool is an int); a config never means it
+        raise ConfigError(f"--config.{key}={shown or value!r} has type bool, expected "
+                          f"{type(current).__name__}")
+    try:
+        node[leaf] = value
+    except TypeError:
+        raise ConfigError(f"--config.{key}={shown or value!r} has type {type(value).__name__}, "
+                          f"expected {type(current).__name__}") from None
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> Any:
-    """Apply `["a.b=value", ...]`; an unknown key is an error naming it."""
+    """Apply `["a.b=value", ...]`; an unknown key or a value of the wrong type is an error
+    naming the key."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, text = item.split("=", 1)
         key = key.removeprefix("--config.").removeprefix("config.")
-        *parents, leaf = key.split(".")
-        node = config
-        for i, part in enumerate(parents):
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise ConfigError(
-                    f"unknown config key {'.'.join(parents[: i + 1])!r} in override {item!r}"
-                )
-            node = node[part]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            is_dict = isinstance(node, ml_collections.ConfigDict)
-            known = ", ".join(sorted(node.keys())) if is_dict else ""
-            raise ConfigError(f"unknown config key {key!r}; keys here: {known}")
-        with node.ignore_type():
-            node[leaf] = _parse_value(text, node[leaf], key)
+        node, leaf = _locate(config, key)
+        set_value(config, key, _parse_text(text, node[leaf], key), shown=repr(text))
     return config
 
 
@@ -204,3 +214,52 @@ def _section(overrides: dict[str, Any], name: str, defaults: dict[str, Any]) -> 
     if unknown:
         raise ConfigError(f"unknown {name} config key(s): {', '.join(unknown)}")
     return ml_collections.ConfigDict({**defaults, **overrides})
+
+
+# Task.defaults keys that configure training rather than the Task
+TASK_TRAIN_DEFAULTS = ("max_length", "epochs", "batch_size", "lr", "warmup", "weight_decay")
+
+
+def finetune_config(task: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """The default config of `kdjax finetune` on `task` (a name in `kdjax.data.tasks`).
+
+    Training defaults (max_length, epochs, batch_size, lr, warmup, weight_decay) come from the
+    Task's `defaults`; its other defaults (e.g. KorQuAD doc_stride) become `task.*` options.
+    `overrides`: `"a.b"=value` (dotted), `section={key: value}` (merged) or a top-level key
+    (model, tokenizer, name), each type-checked; an unknown key is a ConfigError naming it.
+    """
+    from kdjax.data.tasks import get_task
+
+    t = get_task(task)
+    d = dict(getattr(t, "defaults", {}) or {})
+    options = dict(getattr(t, "option_defaults", {}) or {})
+    options.update({k: v for k, v in d.items() if k in options and k not in TASK_TRAIN_DEFAULTS})
+    train = train_config(
+        steps=0, batch_size=int(d.get("batch_size", 32)), lr=float(d.get("lr", 5e-5)),
+        warmup_steps=float(d.get("warmup", 0.1)), weight_decay=float(d.get("weight_decay", 0.01)),
+        log_every=50, save_every=500, keep=1,
+    )
+    train.epochs = float(d.get("epochs", 3))  # used when train.steps is 0
+    cfg = ml_collections.ConfigDict({
+        "name": f"finetune_{task}",
+        "task": {"name": task, "data_dir": "", "max_length": int(d.get("max_length", 128)),
+                 # pad each batch only to the smallest of these lengths that holds it
+                 # (kdjax.data.task_batches); () = every batch padded to max_length
+                 "buckets": (),
+                 "limit_train": 0, "limit_eval": 0, "heldout_fraction": 0.1,
+                 "heldout_seed": 0, **options},
+        # a model path (HF dir / hub id, kdjax model dir, kdjax workdir) or a size config
+        # file such as "configs/debug.py" (= random init; then set tokenizer)
+        "model": "",
+        "tokenizer": "",  # "" = the model's (or the teacher's) own tokenizer
+        "distill": {"teacher": "", "alpha": 0.5, "temperature": 1.0, "objective": ""},
+        "stages": {"pre_finetune": False, "distill": True, "post_finetune": False},
+        "augment": {"copies": 0, "prob": 0.3, "top_k": 8, "mlm_model": "", "seed": 0,
+                    "batch_size": 64},
+        "train": train,
+        "eval": {"every": 0, "batch_size": 64},
+        "mesh": mesh_config(),
+    })
+    for key, value in overrides.items():
+        set_value(cfg, key, value)
+    return cfg

@@ -353,32 +353,25 @@ def export_size(model_config: Any, format: str = "factorized",
 
 def _write_weights(state: dict[str, np.ndarray], out: Path,
                    max_shard_size: int | str | None) -> list[str]:
-    """model.safetensors, or shards + model.safetensors.index.json (as transformers names them)."""
+    """model.safetensors, or shards + model.safetensors.index.json, split by huggingface_hub
+    (the names and index transformers reads)."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
     for old in [*out.glob("model*.safetensors"), out / INDEX_NAME]:
         if old.is_file():
             old.unlink()  # stale weights of an earlier export would shadow or mix with these
-    limit = parse_size(max_shard_size) if max_shard_size is not None else None
-    shards: list[dict[str, np.ndarray]] = [{}]
-    used = 0
-    for key in sorted(state):
-        nbytes = state[key].nbytes
-        if limit is not None and shards[-1] and used + nbytes > limit:
-            shards.append({})
-            used = 0
-        shards[-1][key] = state[key]
-        used += nbytes
-    if len(shards) == 1:
-        save_safetensors(shards[0], out / WEIGHTS_NAME, {"format": "pt"})
+    limit = parse_size(max_shard_size) if max_shard_size is not None else 2**62
+    split = split_state_dict_into_shards_factory(
+        dict(sorted(state.items())), get_storage_size=lambda a: int(a.nbytes),
+        filename_pattern="model{suffix}.safetensors", max_shard_size=limit)
+    for name, keys in split.filename_to_tensors.items():
+        save_safetensors({k: state[k] for k in keys}, out / name, {"format": "pt"})
+    if not split.is_sharded:
         return [WEIGHTS_NAME]
-    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
-    for name, shard in zip(names, shards):
-        save_safetensors(shard, out / name, {"format": "pt"})
-        weight_map.update({k: name for k in shard})
     index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))},
-             "weight_map": dict(sorted(weight_map.items()))}
+             "weight_map": dict(sorted(split.tensor_to_filename.items()))}
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-    return [*names, INDEX_NAME]
+    return [*split.filename_to_tensors, INDEX_NAME]
 
 
 # -- model card -------------------------------------------------------------------------------

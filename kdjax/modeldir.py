@@ -10,6 +10,7 @@ workdir (its `model/`, or else the latest checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from kdjax.errors import CheckpointError
+from kdjax.errors import CheckpointError, ConfigError, KdjaxError
 from kdjax.models.config import EncoderConfig
 
 MODEL_FILE = "kdjax_model.json"
@@ -44,9 +45,12 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str | os.PathLike,
     return path
 
 
-def save_model_dir(out_dir: str | os.PathLike, config: EncoderConfig, params: Any,
-                   tokenizer: Any = None, **info: Any) -> Path:
-    """Write a model directory (process 0 only; `params` fully gathered on host)."""
+def save_model_dir(out_dir: Any, config: EncoderConfig, params: Any, tokenizer: Any = None,
+                   **info: Any) -> Any:
+    """Write a model directory (process 0 only; `params` fully gathered on host); `out_dir`
+    may be remote (gs://: written locally, then copied). Returns the directory."""
+    if "://" in str(out_dir):
+        return _save_remote(out_dir, config, params, tokenizer, **info)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32))
@@ -59,6 +63,24 @@ def save_model_dir(out_dir: str | os.PathLike, config: EncoderConfig, params: An
     meta = {"config": config.to_dict(), "kdjax_version": __version__, **info}
     (out / MODEL_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     return out
+
+
+def _save_remote(target: Any, config: EncoderConfig, params: Any, tokenizer: Any,
+                 **info: Any) -> Any:
+    import tempfile
+
+    from etils import epath
+
+    target = epath.Path(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = save_model_dir(Path(tmp) / target.name, config, params, tokenizer, **info)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in sorted(local.rglob("*")):
+            if f.is_file():
+                dst = target / str(f.relative_to(local))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f.read_bytes())
+    return target
 
 
 def load_model_dir(path: str | os.PathLike, **overrides: Any) -> tuple[EncoderConfig, dict]:
@@ -124,3 +146,62 @@ def load_from_checkpoint(workdir: str | os.PathLike, step: int | None = None, pa
     for key, source in (meta.get("tied") or {}).get(part, {}).items():
         params[key] = state["params"][source][key]  # e.g. the generator's shared embeddings
     return cfg, params
+
+
+# -- any model reference -> config + params -------------------------------------------------------
+@dataclasses.dataclass
+class ModelSpec:
+    """A resolved model reference: config, host params (None = random init), where its
+    tokenizer lives, the task it was fine-tuned for (when recorded)."""
+
+    config: EncoderConfig
+    params: Any
+    source: str
+    tok_dir: Path | None = None
+    task: str | None = None
+
+
+def _model_dir_of(p: Path) -> Path | None:
+    if is_model_dir(p / "best"):  # a `kdjax finetune` WORKDIR
+        return p / "best"
+    return find_model_dir(p)
+
+
+def resolve_model(spec: str, what: str = "model", **overrides: Any) -> ModelSpec:
+    """Load `spec`: a kdjax model directory, a run's workdir (`model/`, `best/` or its latest
+    checkpoint), an HF directory or hub id, or a size config `file.py[:arg]` (random init:
+    params None). `what` names the config key in errors; `overrides` are EncoderConfig fields
+    (e.g. a teacher's dtype). Every failure is one `ConfigError`/`CheckpointError` line."""
+    spec = str(spec)
+    if spec.partition(":")[0].endswith(".py"):
+        from kdjax.config_lib import load_config
+
+        section = load_config(spec)
+        model = section.get("model", None)
+        if model is None:
+            for key in ("student", "discriminator"):
+                if key in section:
+                    model = section[key].model
+                    break
+        if model is None:
+            raise ConfigError(f"{what}={spec!r} has no model section (a size config such as "
+                              "configs/debug.py is expected)")
+        return ModelSpec(EncoderConfig.from_any({**model.to_dict(), **overrides}), None, spec)
+    p = Path(spec).expanduser()
+    hub_like = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if not p.exists() and not hub_like:
+        raise ConfigError(f"{what}={spec!r} does not exist; give a model directory (HF, kdjax "
+                          "model dir or workdir) or a size config such as configs/debug.py")
+    model_dir = _model_dir_of(p) if p.exists() else None
+    try:
+        cfg, params = load_model(model_dir or (p if p.exists() else spec), **overrides)
+    except KdjaxError as e:
+        raise type(e)(f"{what}={spec!r}: {e}") from e
+    except Exception as e:
+        raise ConfigError(f"{what}={spec!r} is not a model ({type(e).__name__}: "
+                          f"{str(e)[:120]})") from e
+    task = None
+    if model_dir is not None:
+        task = json.loads((model_dir / MODEL_FILE).read_text()).get("task")
+    tok_dir = model_dir or (p if p.is_dir() else None)
+    return ModelSpec(cfg, params, spec, tok_dir, task)

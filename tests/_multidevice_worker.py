@@ -4,6 +4,9 @@ usage: _multidevice_worker.py MODE WORKDIR [PROCESS_ID PORT]
   compare  -- 8 devices, one process: the sharded step on several meshes vs one device
   restore  -- 8 devices: checkpoint on (data=8), restore on (fsdp=4, tensor=2)
   multi    -- one of two processes x 4 devices (jax.distributed on localhost)
+  single8  -- the same steps on one process x 8 devices
+  multi_fsdp_svd / single_fsdp_svd -- as multi / single8, on an fsdp mesh, the student
+              initialised from the teacher's SVD factors (student.init=teacher_svd)
 Prints one JSON line (prefixed RESULT) with what the test asserts on.
 """
 
@@ -12,7 +15,8 @@ import os
 import sys
 
 MODE, WORKDIR = sys.argv[1], sys.argv[2]
-N_LOCAL = 4 if MODE == "multi" else 8
+MULTI = MODE.startswith("multi")
+N_LOCAL = 4 if MULTI else 8
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N_LOCAL}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -23,7 +27,7 @@ if os.environ.get("KDJAX_COMPILATION_CACHE"):
     from kdjax.cli import enable_compilation_cache
 
     enable_compilation_cache()
-if MODE == "multi":
+if MULTI:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[4]}",
                                num_processes=2, process_id=int(sys.argv[3]))
@@ -32,12 +36,14 @@ import numpy as np  # noqa: E402
 
 from kdjax.config_lib import load_config  # noqa: E402
 from kdjax.data.corpus import local_rows, to_global  # noqa: E402
-from kdjax.train.loop import compile_step, prepare, train  # noqa: E402
+from kdjax.train.pretrain_distill import prepare, train  # noqa: E402
+from kdjax.train.trainer import CompiledSteps  # noqa: E402
 
 BASE = ["data.max_length=32", "train.batch_size=8", "train.steps=2", "train.log_every=1",
         "train.save_every=2", "train.warmup_steps=0", "train.async_checkpoints=False",
         "student.model.hidden_dropout=0.0", "student.model.attention_dropout=0.0"]
 TOKENIZER = os.path.join(WORKDIR, "tokenizer")
+TEACHER = os.path.join(WORKDIR, "teacher")  # a kdjax model dir the test writes
 
 
 def config(shape, rules, n_devices=0, extra=()):
@@ -46,18 +52,21 @@ def config(shape, rules, n_devices=0, extra=()):
     return load_config("debug_distill", overrides)
 
 
-def run_steps(name, shape, rules, n_devices=0, steps=2):
-    session = prepare(config(shape, rules, n_devices), os.path.join(WORKDIR, name), "distill")
+def run_steps(name, shape, rules, n_devices=0, steps=2, extra=()):
+    session, _ = prepare(config(shape, rules, n_devices, extra), os.path.join(WORKDIR, name),
+                         "distill")
     losses = []
     with session.context():
         state = session.state
         rows = local_rows(session.batch_sharding, session.batches.global_batch)
+        step_fn = CompiledSteps(session.step_fn, state, session.frozen,
+                                session.batches.shapes(), session.batch_sharding,
+                                precompile=jax.process_count() > 1)
         for step in range(steps):
             host = session.batches.rows(step, rows)
             batch = to_global(host, session.batch_sharding, session.batches.global_batch)
             if step == 0:
                 lowered = session.step_fn.lower(state, session.frozen, batch).as_text()
-                step_fn = compile_step(session.step_fn, state, session.frozen, batch)
             state, metrics = step_fn(state, session.frozen, batch)
             losses.append(float(metrics["loss"]))
     return session, state, losses, lowered
@@ -106,8 +115,8 @@ elif MODE == "restore":
     from kdjax.train.checkpoint import read_state_numpy
 
     saved, _ = read_state_numpy(os.path.join(WORKDIR, "ck", "checkpoints"))
-    session = prepare(config((1, 4, 2), "tensor", extra=["train.steps=4"]),
-                      os.path.join(WORKDIR, "ck"), "distill")
+    session, _ = prepare(config((1, 4, 2), "tensor", extra=["train.steps=4"]),
+                         os.path.join(WORKDIR, "ck"), "distill")
     restored = flat(session.state.params)
     saved_flat = {k: np.asarray(v) for k, v in
                   ((jax.tree_util.keystr(p), x) for p, x in
@@ -117,18 +126,23 @@ elif MODE == "restore":
         "diff": max_diff(restored, saved_flat),
         "ffn_spec": spec_of(session.state.params["student"]["encoder"]["layer_0"]
                             ["intermediate"]["down"]["kernel"]),
-        "mesh": dict(session.run["mesh"].shape),
+        "mesh": dict(session.mesh.shape),
     }
     with session.context():
         rows = local_rows(session.batch_sharding, 8)
         batch = to_global(session.batches.rows(2, rows), session.batch_sharding, 8)
         state, metrics = session.step_fn(session.state, session.frozen, batch)
         result["next_loss"] = float(metrics["loss"])
-elif MODE == "multi":
-    _, state, losses, _ = run_steps("multi", (8, 1, 1), "replicated", steps=3)
+elif MODE in ("multi", "single8"):
+    _, state, losses, _ = run_steps(MODE, (8, 1, 1), "replicated", steps=3)
     result = {"losses": losses, "processes": jax.process_count(),
               "devices": jax.device_count(), "process": jax.process_index()}
-elif MODE == "single8":
-    _, state, losses, _ = run_steps("single8", (8, 1, 1), "replicated", steps=3)
-    result = {"losses": losses}
+elif MODE in ("multi_fsdp_svd", "single_fsdp_svd"):
+    svd = [f"teacher.path={TEACHER}", "teacher.init=", "student.init=teacher_svd"]
+    session, state, losses, _ = run_steps(MODE, (1, 8, 1), "fsdp", steps=3, extra=svd)
+    kernel = state.params["student"]["encoder"]["layer_0"]["intermediate"]["down"]["kernel"]
+    result = {"losses": losses, "processes": jax.process_count(),
+              "devices": jax.device_count(), "process": jax.process_index(),
+              "ffn_spec": spec_of(kernel),
+              "addressable_rows": int(sum(s.data.shape[0] for s in kernel.addressable_shards))}
 print("RESULT " + json.dumps(result), flush=True)

@@ -117,14 +117,14 @@ def test_teacher_model_dir_works_with_its_own_tokenizer(tmp_path, teacher_dir):
     """Control for the case above: the same teacher passes every check (build_run only)."""
     from etils import epath
 
-    from kdjax.train.loop import build_run
+    from kdjax.train.pretrain_distill import build_run
 
     config = load_config("configs/debug_distill.py",
                          [f"teacher.path={teacher_dir}", "teacher.init="])
     run = build_run(config, epath.Path(tmp_path), "distill")
-    assert len(run["tokenizer"]) == 512
-    assert run["teacher"]["source"] == str(teacher_dir)
-    assert run["task"].student_cfg.vocab_size == 512
+    assert len(run.tokenizer) == 512
+    assert run.teacher["source"] == str(teacher_dir)
+    assert run.workload.student_cfg.vocab_size == 512
 
 
 def _empty_corpus_args(tmp_path, teacher_dir):

@@ -507,7 +507,7 @@ if os.environ.get("KDJAX_COMPILATION_CACHE"):
     from kdjax.cli import enable_compilation_cache
     enable_compilation_cache()
 from kdjax.config_lib import load_config
-from kdjax.train.loop import train
+from kdjax.train.pretrain_distill import train
 root, tokenizer = sys.argv[1], sys.argv[2]
 base = ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.save_every=2",
         "train.warmup_steps=0", "train.async_checkpoints=False", "train.seed=0",

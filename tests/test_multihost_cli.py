@@ -195,35 +195,20 @@ def _kill_leftovers(logs: list[Path]) -> None:
 
 
 def test_run_sh_resumes_on_two_workers_and_stop_checkpoints_everywhere(base, two_host_run):
-    from kdjax.train import loop
-
     workdir, results = two_host_run
     assert all(rc == 0 for rc, _, _ in results)
     env, logs = _fake_slice(base)
-    agreed_stop = hasattr(loop, "stop_requested_everywhere")
-    steps = 2000 if agreed_stop else 6
     start = ["run", "distill", "--config", "configs/debug_distill.py", "--workdir",
              str(workdir), "--allow-local-workdir", "--python", sys.executable, "--", *SMALL,
-             f"--config.train.steps={steps}", f"--config.data.tokenizer={base / 'tokenizer'}"]
+             "--config.train.steps=2000", f"--config.data.tokenizer={base / 'tokenizer'}"]
     try:
         out = _run_sh(env, *start).stdout
         assert "worker-0: started distill" in out and "worker-1: started distill" in out
         done = lambda: all("exit status" in lg.read_text() for lg in logs if lg.exists())  # noqa: E731
-        if not agreed_stop:
-            _wait(lambda: all(lg.exists() for lg in logs) and done(), 900, "the runs to end")
-            for i, log in enumerate(logs):
-                text = log.read_text()
-                assert "resumed from step 4" in text, text[-3000:]
-                assert f"worker-{i}: exit status 0" in text, text[-3000:]
-            assert (workdir / "checkpoints" / "6").is_dir()
-            pytest.xfail("stopping a multi-host run with SIGTERM needs all processes to agree "
-                         "on the stop step (kdjax.train.loop.stop_requested_everywhere; see "
-                         "the launch issue): without it the hosts stop at different steps "
-                         "and hang in the checkpoint barrier")
         metrics = workdir / "metrics.jsonl"
         _wait(lambda: metrics.read_text().count("\n") >= 3, 900, "a new metrics line")
-        # SIGTERM reaches the two hosts 2 s apart, as over ssh to a real slice; the hosts
-        # agree to stop at the next log step, so worker 1 may be gone by the time its turn comes
+        # SIGTERM reaches the two hosts 2 s apart, as over ssh to a real slice; JAX's preemption
+        # service picks a step both reach, so worker 1 may be gone by the time its turn comes
         stop = _run_sh({**env, "FAKE_WORKER_DELAY": "2"}, "stop").stdout
         assert "worker-0: sent SIGTERM" in stop, stop
         assert "worker-1: sent SIGTERM" in stop or "worker-1: not running" in stop, stop

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
-from kdjax.train.finetune import finetune_config
+from kdjax.config_lib import finetune_config
 
 CONFIGS = Path(__file__).resolve().parent.parent
 

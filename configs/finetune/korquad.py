@@ -12,7 +12,7 @@ Task KD: add --config.distill.teacher=FINETUNED_WORKDIR (see docs/finetune.md).
 
 import ml_collections
 
-from kdjax.train.finetune import finetune_config
+from kdjax.config_lib import finetune_config
 
 
 def get_config() -> ml_collections.ConfigDict:

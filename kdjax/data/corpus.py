@@ -255,6 +255,20 @@ class StepBatches:
     def epoch_of(self, step: int) -> float:
         return step * self.global_batch / self.num_examples
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return ("input_ids", "attention_mask", "token_type_ids")
+
+    def shapes(self) -> list[dict[str, tuple[tuple[int, ...], str]]]:
+        """The one batch shape of every step: {name: ((B, L), dtype)}."""
+        shape = (self.global_batch, int(self.examples.shape[1]))
+        return [{k: (shape, "int32") for k in self.keys}]
+
+    def tokens(self, step: int) -> np.ndarray:
+        """[padded, real] tokens of step `step`'s global batch (for throughput figures)."""
+        rows = self.rows(step, np.arange(self.global_batch))
+        return np.array([rows["input_ids"].size, rows["attention_mask"].sum()], np.float64)
+
 
 def local_rows(sharding: jax.sharding.Sharding, global_batch: int) -> np.ndarray:
     """Indices of the global-batch rows held by this process's devices (sorted)."""

@@ -141,8 +141,7 @@ def overrides_for(task: str, overrides: Sequence[str], tasks: Sequence[str]) -> 
 def task_config(task: str, model: str, data_dir: str, overrides: Sequence[str] = (),
                 name: str = "") -> Any:
     """finetune_config(task) + overrides, with the model path and data_dir set."""
-    from kdjax.config_lib import apply_overrides
-    from kdjax.train.finetune import finetune_config
+    from kdjax.config_lib import apply_overrides, finetune_config
 
     config = apply_overrides(finetune_config(task), list(overrides))
     with config.ignore_type():

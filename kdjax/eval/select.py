@@ -38,7 +38,7 @@ def finetuned_for(path: str, task: str) -> bool:
     from kdjax.modeldir import MODEL_FILE, find_model_dir
 
     p = Path(path)
-    # a `kdjax finetune` WORKDIR means its best/ (as kdjax.train.finetune.resolve_model reads it)
+    # a `kdjax finetune` WORKDIR means its best/ (as kdjax.modeldir.resolve_model reads it)
     model_dir = find_model_dir(p / "best") or find_model_dir(p)
     if model_dir is None:
         return False
@@ -64,22 +64,18 @@ def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
     Returns (and caches in run_dir/selection_eval.json) {"task", "model", "main_metric",
     "dev": {metric: v}, "dev_score", "selected_on", "model_dir", "evaluated_only": True}.
     """
-    import flax.linen as nn
     import jax
 
-    from kdjax import sharding as shd
     from kdjax.data.tasks import get_task
     from kdjax.data.tokenizer import load_tokenizer
-    from kdjax.models.model import abstract_params
+    from kdjax.modeldir import resolve_model
     from kdjax.train.finetune import (
         TASK_SETTINGS,
-        resolve_model,
-        selection_split,
-        split_heldout,
+        load_selection,
+        score_params,
         task_model_config,
     )
-    from kdjax.train.loop import _cast_tree, place
-    from kdjax.train.predict import Predictor
+    from kdjax.train.trainer import make_mesh
 
     cache = run_dir / EVAL_FILE
     if cache.is_file():
@@ -87,30 +83,13 @@ def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
     tcfg = config.task
     task = get_task(str(tcfg.name), **{k: v for k, v in tcfg.items() if k not in TASK_SETTINGS})
     spec = resolve_model(str(config.model), "model")
-    tok_path = config.get("tokenizer", "") or spec.tok_dir
+    tok_path = config.tokenizer or spec.tok_dir
     if not tok_path:
         raise ConfigError(f"model {config.model!r} has no tokenizer; set --config.tokenizer")
-    tokenizer = load_tokenizer(str(tok_path))
-    data_dir = str(tcfg.data_dir)
-    where = selection_split(task, data_dir)
-    limit = int(tcfg.get("limit_eval", 0)) or None
-    if where == "dev":
-        examples = task.load(data_dir, "dev", limit=limit)
-    else:
-        train = task.load(data_dir, "train", limit=int(tcfg.get("limit_train", 0)) or None)
-        _, examples = split_heldout(train, float(tcfg.heldout_fraction),
-                                    int(tcfg.get("heldout_seed", 0)))
-        examples = examples[:limit] if limit else examples
-    data = task.featurize(examples, tokenizer, int(tcfg.max_length))
-    cfg = task_model_config(spec.config, task)
-    mesh = shd.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
-    rules = shd.get_rules(config.mesh.get("rules", "replicated"))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        shardings = shd.logical_shardings(abstract_params(cfg, boxed=True), mesh, rules)
-        params = place(_cast_tree(spec.params, cfg.weight_dtype), shardings)
-        predictor = Predictor(cfg, mesh, shardings, int(config.eval.get("batch_size", 64)))
-        outputs = predictor(params, data.arrays)
-    metrics = {k: float(v) for k, v in task.evaluate(outputs, data).items()}
+    data, where = load_selection(task, tcfg, load_tokenizer(str(tok_path)))
+    mesh, rules = make_mesh(config.mesh, config.train)
+    metrics = score_params(task, data, task_model_config(spec.config, task), spec.params, mesh,
+                           rules, int(config.eval.batch_size))
     results = {"task": task.name, "model": str(config.model), "main_metric": task.main_metric,
                "dev": metrics, "dev_score": metrics.get(task.main_metric),
                "selected_on": where, "model_dir": str(spec.tok_dir or config.model),

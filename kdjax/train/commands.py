@@ -40,7 +40,7 @@ def init_distributed(args: argparse.Namespace) -> None:
 def _run(kind: str) -> Callable[[argparse.Namespace, list[str]], int]:
     def handler(args: argparse.Namespace, overrides: list[str]) -> int:
         from kdjax.config_lib import load_config
-        from kdjax.train.loop import train
+        from kdjax.train.pretrain_distill import train
 
         init_distributed(args)
         config = load_config(args.config, overrides)

@@ -19,7 +19,7 @@ from kdjax.paths import absolute, corpus_sources
 
 def run_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
              progress: bool = True) -> dict[str, Any]:
-    from kdjax.train.loop import train
+    from kdjax.train.pretrain_distill import train
 
     root = Path(absolute(workdir))
     files = corpus_sources(corpus) if corpus else "builtin:konlpy,builtin:sample"

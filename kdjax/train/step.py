@@ -15,13 +15,16 @@ from kdjax.train.state import TrainState
 Array = jax.Array
 
 
-def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    grad_accum: int = 1) -> Callable:
-    """`step(state, frozen, batch) -> (state, metrics)`; metrics stay on device."""
+def make_train_step(workload: Any, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, grad_accum: int = 1) -> Callable:
+    """`step(state, frozen, batch) -> (state, metrics)`; metrics stay on device.
+
+    `workload`: see `kdjax.train.workloads` (loss, and loss_weight for `grad_accum > 1`).
+    """
 
     def loss_and_grads(params: Any, frozen: Any, batch: dict, rng: Array, step: Array):
         def fn(p: Any) -> tuple[Array, dict]:
-            return task.loss(p, frozen, batch, rng, step)
+            return workload.loss(p, frozen, batch, rng, step)
 
         return jax.value_and_grad(fn, has_aux=True)(params)
 
@@ -30,7 +33,10 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
         if grad_accum == 1:
             (loss, aux), grads = loss_and_grads(state.params, frozen, batch, rng, state.step)
         else:
-            # [B, ...] -> [A, B/A, ...]; one optimizer update from the mean of A micro-grads.
+            # [B, ...] -> [A, B/A, ...]; one optimizer update from the A micro-batches, each
+            # weighted by `workload.loss_weight` (its real tokens): the full batch's
+            # token-weighted mean loss and gradient, not the mean of micro-batch means (which
+            # over-weights the tokens of short, padded micro-batches).
             micro = jax.tree_util.tree_map(
                 lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch
             )
@@ -39,7 +45,10 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
                 i, mb = inputs
                 (l_, a_), g_ = loss_and_grads(state.params, frozen, mb,
                                               jax.random.fold_in(rng, i), state.step)
-                return jax.tree_util.tree_map(jnp.add, carry, (l_, a_, g_)), None
+                w = workload.loss_weight(mb)
+                scaled = jax.tree_util.tree_map(lambda x: x * w, (l_, a_, g_))
+                total, weight = carry
+                return (jax.tree_util.tree_map(jnp.add, total, scaled), weight + w), None
 
             zeros = jax.eval_shape(
                 lambda: loss_and_grads(state.params, frozen,
@@ -47,10 +56,11 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
                                        state.step)
             )
             zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-            init = (zeros[0][0], zeros[0][1], zeros[1])
-            (loss, aux, grads), _ = jax.lax.scan(body, init, (jnp.arange(grad_accum), micro))
-            loss, aux, grads = jax.tree_util.tree_map(lambda x: x / grad_accum,
-                                                      (loss, aux, grads))
+            init = ((zeros[0][0], zeros[0][1], zeros[1]), jnp.zeros((), jnp.float32))
+            ((loss, aux, grads), weight), _ = jax.lax.scan(
+                body, init, (jnp.arange(grad_accum), micro))
+            weight = jnp.maximum(weight, 1e-9)
+            loss, aux, grads = jax.tree_util.tree_map(lambda x: x / weight, (loss, aux, grads))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -1,4 +1,4 @@
-"""Task metrics: pure numpy / Python, no framework imports.
+"""Task metrics: numpy, scipy and Python, no framework imports.
 
 Every aggregate score here is a percentage (x100, e.g. 91.17), the way the Korean benchmark
 tables report them: `accuracy`, `macro_f1`, `spearman`, `pearson`, `entity_f1`,
@@ -24,6 +24,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,41 +89,30 @@ def macro_f1(
     return float(100.0 * np.mean(scores))
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata 'average')."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    xs = x[order]
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
+def _correlation(fn: Any, gold: Sequence[float] | np.ndarray,
+                 pred: Sequence[float] | np.ndarray) -> float:
+    g, p = _pair(gold, pred)
+    g = g.astype(np.float64).ravel()
+    p = p.astype(np.float64).ravel()
+    # undefined for fewer than two points or a constant side: 0, where scipy gives nan + warns
+    if g.size < 2 or np.ptp(g) == 0 or np.ptp(p) == 0:
+        return 0.0
+    return float(100.0 * fn(g, p).statistic)
 
 
 def pearson(gold: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray) -> float:
-    """Pearson correlation, x100; 0 when either side is constant (undefined correlation)."""
-    g, p = _pair(gold, pred)
-    g = g.astype(np.float64).ravel()
-    p = p.astype(np.float64).ravel()
-    if g.size < 2:
-        return 0.0
-    gc, pc = g - g.mean(), p - p.mean()
-    denom = float(np.sqrt(np.sum(gc * gc) * np.sum(pc * pc)))
-    if denom == 0.0:
-        return 0.0
-    return float(100.0 * np.sum(gc * pc) / denom)
+    """Pearson correlation (`scipy.stats.pearsonr`), x100; 0 when either side is constant."""
+    from scipy import stats
+
+    return _correlation(stats.pearsonr, gold, pred)
 
 
 def spearman(gold: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray) -> float:
-    """Spearman rank correlation (Pearson of average ranks, as scipy), x100; 0 if constant."""
-    g, p = _pair(gold, pred)
-    g = g.astype(np.float64).ravel()
-    p = p.astype(np.float64).ravel()
-    return pearson(_rank(g), _rank(p))
+    """Spearman rank correlation (`scipy.stats.spearmanr`, ties at their average rank), x100;
+    0 when either side is constant."""
+    from scipy import stats
+
+    return _correlation(stats.spearmanr, gold, pred)
 
 
 # ---------------------------------------------------------------------------------------------

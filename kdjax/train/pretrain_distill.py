@@ -1,0 +1,325 @@
+"""`kdjax pretrain` and `kdjax distill`: training on an unlabeled corpus.
+
+Both are `Plan`s for the one trainer (`kdjax.train.trainer`): a `PretrainWorkload` (ELECTRA
+generator + discriminator) or a `DistillWorkload` (frozen teacher -> student, a configurable
+objective) over the step-indexed corpus batches. This module validates the config and inputs
+first (cheap, one clear line per mistake: sections, teacher, objective against both models,
+tokenizer, lengths), then builds the plan, runs it, and writes WORKDIR/model (and
+WORKDIR/generator for pre-training) from the final state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from kdjax.data.corpus import StepBatches, resolve_sources, tokenize_corpus
+from kdjax.distill.objective import build_objective
+from kdjax.errors import ConfigError, DataError, KdjaxError
+from kdjax.modeldir import resolve_model, save_model_dir
+from kdjax.models.config import EncoderConfig
+from kdjax.models.size import count_params, param_report
+from kdjax.paths import absolute, resolve_config_paths
+from kdjax.train import trainer
+from kdjax.train.placement import cast_tree, gather
+from kdjax.train.workloads import DistillWorkload, MaskingSpec, PretrainWorkload
+
+log = logging.getLogger(__name__)
+
+SECTIONS = {
+    "distill": {"name", "teacher", "student", "objective", "data", "train", "mesh"},
+    "pretrain": {"name", "discriminator", "generator", "pretrain", "data", "train", "mesh"},
+}
+
+
+def check_sections(config: ml_collections.ConfigDict, kind: str) -> None:
+    unknown = sorted(set(config.keys()) - SECTIONS[kind])
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {unknown} for `kdjax {kind}`; "
+                          f"expected {sorted(SECTIONS[kind])}")
+    for required in SECTIONS[kind] - {"name"}:
+        if required not in config:
+            raise ConfigError(f"config has no {required!r} section (needed by `kdjax {kind}`)")
+
+
+def resolve_tokenizer(config: Any, workdir: epath.Path, teacher_dir: Path | None,
+                      sources: list[str]) -> Any:
+    """The teacher's tokenizer; or an explicit data.tokenizer; or one trained (once) on the
+    corpus into WORKDIR/tokenizer (for a teacher trained from scratch)."""
+    from kdjax.data.tokenizer import load_tokenizer, train_wordpiece
+
+    spec = config.data.tokenizer
+    if spec and spec != "auto":
+        return load_tokenizer(spec)
+    if teacher_dir is not None:
+        try:
+            return load_tokenizer(teacher_dir)
+        except DataError:
+            log.info("no tokenizer in %s; training one on the corpus", teacher_dir)
+    local = workdir / "tokenizer"
+    if (local / "tokenizer.json").exists():
+        return load_tokenizer(str(local))
+    if jax.process_count() > 1:
+        raise ConfigError("multi-host runs need data.tokenizer (train one first with "
+                          "`kdjax tokenizer train`)")
+    return train_wordpiece(
+        [s for s in sources if not s.startswith("hf:")], str(local),
+        vocab_size=int(config.data.vocab_size), min_frequency=1, show_progress=False,
+        limit_lines=int(config.data.tokenizer_lines) or None,
+    )
+
+
+def load_teacher(tcfg: Any) -> dict[str, Any]:
+    """{"config", "params" (host numpy, or None for teacher.init=random), "dir" (its
+    tokenizer's), "source"}."""
+    overrides = {}
+    if tcfg.dtype:
+        # The teacher is frozen: keep its weights in the compute dtype too (half the memory
+        # and bandwidth in bf16); there are no updates to lose precision on.
+        overrides["dtype"] = overrides["param_dtype"] = tcfg.dtype
+    if tcfg.path:
+        spec = resolve_model(str(tcfg.path), "teacher.path", **overrides)
+        if spec.params is None:
+            raise ConfigError(f"teacher.path={tcfg.path!r} is a size config; give a trained "
+                              "model (or teacher.init='random' with teacher.model for a smoke "
+                              "test)")
+        return {"config": spec.config, "params": spec.params, "dir": spec.tok_dir,
+                "source": str(tcfg.path)}
+    if tcfg.init != "random":
+        raise ConfigError("teacher.path is empty; set it to an HF/kdjax model directory "
+                          "(or teacher.init='random' for a smoke test)")
+    return {"config": EncoderConfig.from_any({**tcfg.model.to_dict(), **overrides}),
+            "params": None, "dir": None, "source": "random"}
+
+
+@dataclasses.dataclass
+class CorpusRun:
+    """A validated pretrain/distill run: the plan's pieces plus what the summary needs."""
+
+    kind: str
+    mesh: Any
+    rules: Any
+    sources: list[str]
+    tokenizer: Any
+    workload: Any
+    teacher: dict[str, Any] | None
+    models: dict[str, dict]
+    main_model: str
+    meta: dict[str, Any]
+    global_batch: int
+    max_length: int
+
+
+def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
+    """Everything a run needs, validated before any compute (see module doc)."""
+    check_sections(config, kind)
+    trainer.check_train_section(config.train)
+    if int(config.train.steps) <= 0:
+        raise ConfigError(f"train.steps must be a positive integer, got {config.train.steps}")
+    mesh, rules = trainer.make_mesh(config.mesh, config.train)
+    data_cfg = config.data
+    sources = resolve_sources(list(data_cfg.files) if not isinstance(data_cfg.files, str)
+                              else data_cfg.files)
+
+    teacher = None
+    if kind == "distill":
+        teacher = load_teacher(config.teacher)
+        # Check the objective against both models now: training a tokenizer (below) can take
+        # minutes, and a head-count or feature mismatch must not wait for it.
+        early_student = EncoderConfig.from_any(config.student.model.to_dict())
+        build_objective(config.objective, early_student.replace(
+            vocab_size=teacher["config"].vocab_size), teacher["config"])
+        tokenizer = resolve_tokenizer(config, workdir, teacher["dir"], sources)
+    else:
+        tokenizer = resolve_tokenizer(config, workdir, None, sources)
+    vocab = len(tokenizer)
+
+    def sized(section: Any, name: str) -> EncoderConfig:
+        cfg = EncoderConfig.from_any(section.model.to_dict())
+        if cfg.vocab_size != vocab:
+            log.info("%s: vocab_size %d -> %d (the tokenizer's)", name, cfg.vocab_size, vocab)
+            cfg = cfg.replace(vocab_size=vocab)
+        return cfg
+
+    max_len = int(data_cfg.max_length)
+    masking_prob = float(data_cfg.mlm_probability)
+    if kind == "distill":
+        t_cfg = teacher["config"]
+        if teacher["params"] is None:
+            t_cfg = sized(config.teacher, "teacher")
+        elif t_cfg.vocab_size != vocab:
+            raise ConfigError(
+                f"the tokenizer has {vocab} tokens but the teacher's embedding has "
+                f"{t_cfg.vocab_size} rows; use the teacher's own tokenizer (data.tokenizer)"
+            )
+        s_cfg = sized(config.student, "student")
+        if s_cfg.vocab_size != t_cfg.vocab_size:
+            s_cfg = s_cfg.replace(vocab_size=t_cfg.vocab_size)
+        for name, c in (("teacher", t_cfg), ("student", s_cfg)):
+            if max_len > c.max_position_embeddings:
+                raise ConfigError(f"data.max_length={max_len} exceeds the {name}'s "
+                                  f"max_position_embeddings={c.max_position_embeddings}")
+        objective = build_objective(config.objective, s_cfg, t_cfg)
+        masking = MaskingSpec(tokenizer, vocab, masking_prob) if objective.needs_mlm_positions \
+            else None
+        workload: Any = DistillWorkload(s_cfg, t_cfg, objective, masking)
+        teacher["config"] = t_cfg
+        models, main = {"student": s_cfg.to_dict()}, "student"
+        meta = {"teacher": teacher["source"], "teacher_config": t_cfg.to_dict()}
+    else:
+        d_cfg = sized(config.discriminator, "discriminator")
+        g_cfg = sized(config.generator, "generator")
+        workload = PretrainWorkload(d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
+                                    disc_weight=float(config.pretrain.disc_weight),
+                                    temperature=float(config.pretrain.temperature))
+        models, main = {"disc": d_cfg.to_dict(), "gen": g_cfg.to_dict()}, "disc"
+        meta = {"tied": {"gen": {"embeddings": "disc"}}}
+    return CorpusRun(kind, mesh, rules, sources, tokenizer, workload, teacher, models, main,
+                     meta, int(config.train.batch_size), max_len)
+
+
+def student_init(config: Any, run: CorpusRun) -> Any:
+    """The student's initial params (host numpy) for student.init: random (None) |
+    teacher_svd | PATH (a trained model, SVD-factorized to the student's ranks: e.g. LF-V1..V3
+    students started from a distilled KD student)."""
+    init = config.student.init if run.teacher else "random"
+    if init in ("random", ""):
+        return None
+    s_cfg = run.workload.student_cfg
+    if init == "teacher_svd":
+        if run.teacher["params"] is None:
+            raise ConfigError("student.init=teacher_svd needs a pretrained teacher "
+                              "(teacher.path)")
+        from kdjax.factorize import init_student_from_teacher
+
+        student = init_student_from_teacher(run.teacher["params"], run.teacher["config"], s_cfg)
+    else:
+        if not Path(str(init)).expanduser().exists():
+            raise ConfigError(f"student.init={init!r} is not one of random, teacher_svd, or an "
+                              "existing model directory")
+        from kdjax.factorize import factorize_params
+
+        source = resolve_model(str(init), "student.init")
+        try:
+            student = factorize_params(source.params, source.config, s_cfg)
+        except KdjaxError as e:
+            raise type(e)(f"student.init={init!r}: {e}") from e
+    return cast_tree(student, s_cfg.weight_dtype)
+
+
+def make_plan(config: Any, workdir: epath.Path, run: CorpusRun, progress: bool) -> trainer.Plan:
+    """The run's plan: tokenized corpus batches, the workload, the teacher, student.init."""
+    is_main = jax.process_index() == 0
+    cache = workdir / "cache" if not str(workdir).startswith("gs://") else \
+        Path.home() / ".cache" / "kdjax"
+    examples = tokenize_corpus(
+        run.sources, run.tokenizer, run.max_length, pack=bool(config.data.pack),
+        cache_dir=str(cache), text_field=config.data.text_field,
+        limit_lines=int(config.data.limit_lines) or None, show_progress=progress and is_main,
+    )
+    batches = StepBatches(examples, run.global_batch, int(config.train.seed),
+                          run.tokenizer.pad_token_id)
+    # Outside the mesh context: SVD/loading is host work. Only a fresh run reads it.
+    initial = None
+    if run.kind == "distill" and config.student.init not in ("random", ""):
+        host = student_init(config, run)
+
+        def initial(abstract: Any) -> Any:
+            return {"student": host}
+    teacher = None
+    if run.teacher is not None:
+        teacher = run.teacher["params"] if run.teacher["params"] is not None else "random"
+    return trainer.Plan(
+        workload=run.workload, batches=batches, train=config.train,
+        meta={"kind": run.kind, "config": json.loads(config.to_json_best_effort()),
+              "models": run.models, "main_model": run.main_model, **run.meta,
+              "tokens_per_step": run.global_batch * run.max_length,
+              "num_examples": batches.num_examples},
+        teacher=teacher,
+        teacher_dtype=run.teacher["config"].weight_dtype if run.teacher else None,
+        initial_params=initial,
+    )
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
+            progress: bool = True) -> tuple[trainer.Session, CorpusRun]:
+    """Validate, load data and teacher, restore or initialise the sharded state, jit the step.
+
+    Relative paths (`workdir`, and the path-valued config keys) mean relative to the current
+    directory; they are made absolute here, once (see `kdjax.paths`).
+    """
+    workdir = epath.Path(absolute(workdir))
+    resolve_config_paths(config)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+    run = build_run(config, workdir, kind)
+    plan = make_plan(config, workdir, run, progress)
+    return trainer.prepare(plan, run.mesh, run.rules, workdir), run
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
+          progress: bool = True) -> dict[str, Any]:
+    """Run `kind` ("distill" or "pretrain") in `workdir`; resume if it has checkpoints."""
+    session, run = prepare(config, workdir, kind, progress=progress)
+    workdir = session.workdir
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        print(_start_line(run, session), flush=True)
+    summary = trainer.run(session, progress=progress)
+    state = summary.pop("state")
+    summary.update(_finish(workdir, run, state, is_main, summary))
+    return summary
+
+
+def _start_line(run: CorpusRun, session: trainer.Session) -> str:
+    steps = int(session.plan.train.steps)
+    parts = [f"kdjax {run.kind}: {jax.device_count()} {jax.devices()[0].platform} device(s) on "
+             f"{jax.process_count()} process(es), mesh {dict(run.mesh.shape)}",
+             f"trainable {count_params(session.state.params) / 1e6:.2f}M params"]
+    if session.frozen is not None:
+        parts.append(f"teacher {count_params(session.frozen) / 1e6:.2f}M params "
+                     f"({run.teacher['source']})")
+    parts.append(f"{run.global_batch} x {run.max_length} = "
+                 f"{run.global_batch * run.max_length} tokens/step")
+    parts.append(f"steps {session.start}->{steps}")
+    if run.kind == "distill":
+        parts.append("objective " + "; ".join(run.workload.objective.describe()))
+    return " | ".join(parts)
+
+
+def _finish(workdir: epath.Path, run: CorpusRun, state: Any, is_main: bool,
+            summary: dict) -> dict[str, Any]:
+    """Write WORKDIR/model (and generator/ for pretrain) and return the summary fields."""
+    out: dict[str, Any] = {"workdir": str(workdir), "checkpoints": str(workdir / "checkpoints")}
+    if summary.get("interrupted"):
+        return out
+    params = gather(state.params)
+    if not is_main:
+        return out
+    main = run.main_model
+    cfg = EncoderConfig.from_any(run.models[main])
+    provenance = {"trained_by": run.workload.kind, "step": summary["final_step"]}
+    if run.teacher is not None:
+        provenance["teacher"] = run.teacher["source"]
+    model_dir = save_model_dir(workdir / "model", cfg, params[main], run.tokenizer, **provenance)
+    out["model_dir"] = str(model_dir)
+    out["model"] = {k: v for k, v in param_report(cfg).items() if k in ("params", "fp32_mb")}
+    if main == "disc":
+        g_cfg = EncoderConfig.from_any(run.models["gen"])
+        gen = {**params["gen"], "embeddings": params["disc"]["embeddings"]}
+        out["generator_dir"] = str(save_model_dir(workdir / "generator", g_cfg, gen,
+                                                  run.tokenizer, **provenance))
+    if run.teacher is not None:
+        t_report = param_report(run.teacher["config"])
+        out["teacher"] = {"params": t_report["params"], "fp32_mb": t_report["fp32_mb"]}
+        if out["model"]["params"]:
+            out["compression"] = round(t_report["params"] / out["model"]["params"], 2)
+    return out
