@@ -26,9 +26,10 @@ class _NoTorchNotice(logging.Filter):
 
 logging.getLogger("transformers").addFilter(_NoTorchNotice())
 
-from kdjax import distill
-from kdjax.models.config import EncoderConfig
-from kdjax.models.model import EncoderOutput, build_model, init_params
+# After the filter: these imports may pull in transformers.
+from kdjax import distill  # noqa: E402
+from kdjax.models.config import EncoderConfig  # noqa: E402
+from kdjax.models.model import EncoderOutput, build_model, init_params  # noqa: E402
 
 __all__ = [
     "EncoderConfig", "EncoderOutput", "build_model", "distill", "from_hf", "init_params", "to_hf",
