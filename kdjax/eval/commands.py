@@ -56,8 +56,8 @@ def _baseline(args: argparse.Namespace, overrides: list[str]) -> int:
                            overrides=overrides, refit=args.refit, progress=say):
         keys = ("task", "main_metric", "score", "test", "dev", "selected_on", "param", "chosen",
                 "train_examples", "select_examples", "test_examples", "fit_seconds", "seconds",
-                "cached", "method")
-        print(json.dumps({k: r[k] for k in keys}, ensure_ascii=False), flush=True)
+                "fit_cpu_seconds", "cpu_seconds", "cached", "method")
+        print(json.dumps({k: r.get(k) for k in keys}, ensure_ascii=False), flush=True)
     return 0
 
 
