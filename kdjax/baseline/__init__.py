@@ -34,13 +34,11 @@ __all__ = ["BASELINE_NAME", "BaselineSettings", "MissingExtraError", "fit_baseli
 
 # Bump when a method changes what it computes: cached results of another version are refitted.
 BASELINE_VERSION = 1
-BASELINE_NAME = "baseline (n-gram linear)"  # the report's row name
+BASELINE_NAME = "baseline (n-gram + linear)"  # the report's row name
 RESULTS_FILE = "results.json"
 INSTALL = "pip install 'kdjax[baseline]'"
 # Task-section keys that decide the data (the rest are task options or model settings).
 DATA_SETTINGS = ("limit_train", "limit_eval", "heldout_fraction", "heldout_seed")
-# Task-section keys that only matter to models (tokenized length).
-MODEL_SETTINGS = ("max_length",)
 
 Progress = Callable[[str], None]
 

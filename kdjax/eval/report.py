@@ -403,7 +403,7 @@ def plot(report: Mapping[str, Any], path: str | os.PathLike) -> None:
                        color="tab:red" if is_teacher else "tab:blue", zorder=3,
                        label="teacher" if is_teacher else None)
             partial = "*" if m["tasks_scored"] < len(report["tasks"]) else ""
-            ax.annotate(m["name"] + partial + (" (teacher)" if is_teacher else ""),
+            ax.annotate((teacher_cell(m["name"]) if is_teacher else m["name"]) + partial,
                         (m["fp32_mb"], m["average"]), textcoords="offset points",
                         xytext=(6, 4), fontsize=8)
         if teacher is not None:
@@ -425,7 +425,7 @@ def plot(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         ax.set_title("size vs. average score")
         ax.grid(True, alpha=0.3)
         if models:
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
         if base:
@@ -447,13 +447,17 @@ def _plot_tasks(ax: Any, report: Mapping[str, Any]) -> None:
            edgecolor="0.5", label=base["name"], zorder=1)
     models = report["models"]
     spread = np.linspace(-0.25, 0.25, len(models)) if len(models) > 1 else np.zeros(1)
+    # red is the teacher's; the students take the other tab10 colours in turn
+    palette = [f"tab:{n}" for n in ("blue", "orange", "green", "purple", "brown", "pink",
+                                     "gray", "olive", "cyan")]
+    students = iter(palette * (len(models) // len(palette) + 1))
     for dx, m in zip(spread, models):
         have = [i for i, t in enumerate(tasks) if t in m["main"]]
         is_teacher = m["name"] == report["teacher"]
         ax.scatter(x[have] + dx, [m["main"][tasks[i]] for i in have], zorder=3,
                    marker="*" if is_teacher else "o", s=80 if is_teacher else 28,
-                   color="tab:red" if is_teacher else None,
-                   label=m["name"] + (" (teacher)" if is_teacher else ""))
+                   color="tab:red" if is_teacher else next(students),
+                   label=teacher_cell(m["name"]) if is_teacher else m["name"])
     ax.set_xticks(x)
     ax.set_xticklabels([f"{TASK_LABELS.get(t, t)}\n{METRIC_LABELS.get(mm, mm)}"
                         for t, mm in ((t, report["main_metrics"][t]) for t in tasks)],
@@ -461,7 +465,8 @@ def _plot_tasks(ax: Any, report: Mapping[str, Any]) -> None:
     ax.set_ylabel("test score (main metric)")
     ax.set_title("per task vs. the non-neural baseline (bars)")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="best", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7,
+              ncol=min(4, len(models) + 1), frameon=False)
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, str]:
