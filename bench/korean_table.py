@@ -14,7 +14,8 @@ Stages (each resumable: re-running the command skips what is finished in --workd
    further.
 3. fine-tuning: the teacher and every student on the seven tasks with `kdjax evaluate` (best
    checkpoint on dev, or held-out train; scores on test), then the report: sizes, compression,
-   scores, average, % of the teacher, sentences/s and speed-up.
+   scores, average, % of the teacher, sentences/s and speed-up, and the non-neural baseline
+   row (n-gram TF-IDF + linear models on the same examples; every score below it marked).
 
 `--budget-minutes` scales every stage's step count and the fine-tuning data limits from the
 figures measured on a 2-core CPU (about 40 % of the budget on pre-training + distillation,
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="pretrain,distill,evaluate",
                    help="stop early with e.g. pretrain,distill (a later full run resumes)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="no non-neural baseline row in the report (it needs scikit-learn)")
     args = p.parse_args(argv)
 
     from kdjax.cli import enable_compilation_cache
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_models(
         [str(m) for m in models.values()], args.tasks, str(data_dir), str(root / "report"),
         names=list(models), teacher="teacher", overrides=overrides, progress=progress,
+        baseline=not args.no_baseline,
     )
     files = report["files"]
     t2 = time.perf_counter()
@@ -200,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     verdict = report.get("claim_97", {})
     if verdict:
         _log(f"claim (every student >= 97% of the teacher's average): {verdict}")
+    if report.get("baseline"):
+        _log(f"below the non-neural baseline (model: tasks): "
+             f"{json.dumps(report['below_baseline']) if report['below_baseline'] else 'none'}")
     _log(f"written: {json.dumps(files)}")
     return 0
 

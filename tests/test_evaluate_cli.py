@@ -105,18 +105,34 @@ def test_evaluate_writes_report_and_select(setup, capsys):
     assert "max_position_embeddings" in short["errors"]["nsmc"]
     assert (Path(work) / "runs" / "short" / "nsmc" / "error.txt").is_file()
     md = (Path(work) / "report.md").read_text()
-    assert "| big (teacher) |" in md and "NSMC acc" in md and "speed-up" in md
+    assert "| teacher (big) |" in md and "NSMC acc" in md and "speed-up" in md
     assert "| model | params |" in out and json.loads(out.strip().splitlines()[-1])["errors"] == 1
+    # the non-neural baseline: fitted on the same examples, its row last, models marked
+    base = report["baseline"]
+    cache = Path(work) / "baseline" / "nsmc" / "results.json"
+    assert cache.is_file() and base["main"]["nsmc"] >= 90.0  # the fixture is n-gram separable
+    assert json.loads(cache.read_text())["result"]["test_examples"] == 12
+    below = big["main"]["nsmc"] < base["main"]["nsmc"]
+    assert big["below_baseline"] == (["nsmc"] if below else []) and big["baseline_tasks"] == 1
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[-1].startswith("| baseline") and table[2].startswith("| teacher (big) |")
+    assert ("↓" in table[2]) == below
+    assert json.loads(out.strip().splitlines()[-1])["baseline"]["main"] == base["main"]
 
-    # resumable: finished runs are read back, not retrained
+    # resumable: finished runs (and the baseline) are read back, not retrained
     results = Path(work) / "runs" / "big" / "nsmc" / "results.json"
-    stamp = results.stat().st_mtime_ns
+    stamp, base_stamp = results.stat().st_mtime_ns, cache.stat().st_mtime_ns
     code, _, err = _run(capsys, "evaluate", "--models", f"{m['big']},{m['small']}",
                         "--names", "big,small", "--tasks", "nsmc", "--data_dir", setup["data"],
                         "--workdir", work, "--teacher", m["big"], "--no_progress",
                         "--no_throughput", *FAST)
     assert code == 0, err
-    assert results.stat().st_mtime_ns == stamp
+    assert results.stat().st_mtime_ns == stamp and cache.stat().st_mtime_ns == base_stamp
+    code, _, err = _run(capsys, "evaluate", "--models", m["big"], "--names", "big", "--tasks",
+                        "nsmc", "--data_dir", setup["data"], "--workdir", work, "--no_progress",
+                        "--no_throughput", "--no_baseline", *FAST)
+    assert code == 0, err
+    assert "baseline" not in (Path(work) / "report.md").read_text().split("\n\n")[1]
 
     # select: "small" is reused from the same workdir; the fine-tuned best/ of "big" is only
     # evaluated on the held-out split (NSMC has no dev)

@@ -4,10 +4,13 @@ write the comparison report.
 Layout of WORKDIR:
   runs/NAME/TASK/       one `run_task` workdir per model x task (its results.json, best/ ...)
   runs/NAME/throughput.json   the measured sentences/s (reused when batch/length/device match)
+  baseline/TASK/results.json  the non-neural baseline of each task (`kdjax.baseline`), fitted
+                              on the runs' train split and scored on their test split
   report.md, report.json, report.png
 
-Re-running the same command resumes: a run with a results.json is read back, not retrained;
-a failed run (its error is in the report and in runs/NAME/TASK/error.txt) is tried again.
+Re-running the same command resumes: a run with a results.json is read back, not retrained,
+a baseline whose data and settings are unchanged too; a failed run (its error is in the report
+and in runs/NAME/TASK/error.txt) is tried again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kdjax.paths import absolute, model_ref
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+BASELINE_DIR = "baseline"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DIR_NAMES = ("best", "model", "discriminator", "generator")
 
@@ -236,12 +240,54 @@ def _record_error(run_dir: Path, e: BaseException) -> None:
         (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
 
 
+def fit_baselines(task_configs: dict[str, Any], workdir: Path, *, progress: bool = True,
+                  fail_fast: bool = False, refit: bool = False) -> dict[str, Any] | None:
+    """The non-neural baseline of each task (`kdjax.baseline.run_baseline`, cached in
+    `workdir`), from each task's fine-tuning config section, so it sees the runs' examples.
+
+    Returns {"name", "results" {task: results}, "errors" {task: message}} on process 0 (the one
+    that writes the report), None on the others. A failed fit is recorded, not raised (unless
+    `fail_fast`).
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    from kdjax.baseline import BASELINE_NAME, BaselineSettings, run_baseline
+    from kdjax.eval.report import TASK_LABELS
+
+    if jax.process_index() != 0:
+        return None
+    out: dict[str, Any] = {"name": BASELINE_NAME, "results": {}, "errors": {}}
+    bar = tqdm(list(task_configs), desc="baseline", disable=not progress, dynamic_ncols=True,
+               unit="task")
+    for task in bar:
+        bar.set_postfix_str(TASK_LABELS.get(task, task))
+        try:
+            settings = BaselineSettings.from_task_config(task_configs[task])
+            result = run_baseline(settings, workdir, refit=refit,
+                                  progress=lambda line: log.info("baseline %s", line))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            if fail_fast:
+                raise
+            log.warning("baseline on %s failed: %s", task, _error_text(e))
+            _record_error(workdir / task, e)
+            out["errors"][task] = _error_text(e)
+            continue
+        out["results"][task] = result
+        log.info("baseline on %s: %s %.2f", task, result["main_metric"], result["score"])
+    bar.close()
+    return out
+
+
 def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir: str,
                     workdir: str, *, names: Sequence[str] | None = None,
                     teacher: str | None = None, overrides: Sequence[str] = (),
                     progress: bool = True, fail_fast: bool = False, throughput_batch: int = 32,
                     throughput_length: int = 128, throughput_iters: int = 10,
-                    measure_throughput: bool = True) -> dict[str, Any]:
+                    measure_throughput: bool = True, baseline: bool = True,
+                    refit_baseline: bool = False) -> dict[str, Any]:
     """Fine-tune each model on each task and write WORKDIR/report.{md,json,png}.
 
     Args:
@@ -256,6 +302,9 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
       progress: a tqdm bar per task (over the models).
       fail_fast: re-raise the first failed run instead of recording it in the report.
       throughput_*: the throughput measurement (batch x length, timed calls).
+      baseline: fit the non-neural baseline of every task (on the runs' train / selection /
+        test examples; cached in WORKDIR/baseline) and compare every model with it.
+      refit_baseline: fit the baselines again even when cached.
     Returns:
       the report dict (see `kdjax.eval.report.build_report`) plus "files": {md, json, png}.
     """
@@ -274,6 +323,13 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
     task_list = resolve_tasks(tasks)
     for path in models:
         check_model_path(path)
+    if baseline:
+        from kdjax.baseline import MissingExtraError, require_sklearn
+
+        try:
+            require_sklearn()
+        except MissingExtraError as e:
+            raise MissingExtraError(f"{e} (or pass --no_baseline)") from None
     names = check_names(split_list(names) if names is not None else None, models)
     teacher_name = resolve_teacher(teacher, names, models)
     overrides = list(overrides)
@@ -284,6 +340,11 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
         for task in task_list for name, path in zip(names, models)
     }
     runs_dir = Path(workdir) / "runs"
+    base = None
+    if baseline:
+        base = fit_baselines({t: configs[names[0], t].task for t in task_list},
+                             Path(workdir) / BASELINE_DIR, progress=progress,
+                             fail_fast=fail_fast, refit=refit_baseline)
 
     entries = []
     for name, path in zip(names, models):
@@ -320,6 +381,6 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
              "overrides": overrides}
     report = build_report(entries, task_list, teacher=teacher_name,
                           main_metrics={t: get_task(t).main_metric for t in task_list},
-                          setup=setup)
+                          setup=setup, baseline=base)
     files = write_report(report, workdir) if jax.process_index() == 0 else {}
     return {**report, "files": files}
