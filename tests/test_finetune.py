@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdjax.config_lib import load_config
+from kdjax.config_lib import finetune_config, load_config
 from kdjax.errors import ConfigError
 from kdjax.train.checkpoint import read_state_numpy
 from kdjax.train.finetune import (
     BestTracker,
-    finetune_config,
     plan_stages,
     run_task,
     selection_split,

@@ -72,15 +72,14 @@ class BaselineSettings:
 
     @classmethod
     def from_task_config(cls, tcfg: Mapping[str, Any]) -> BaselineSettings:
-        """From a `kdjax.train.finetune.finetune_config` task section (after overrides)."""
+        """From a `kdjax.config_lib.finetune_config` task section (after overrides)."""
         from kdjax.train.finetune import TASK_SETTINGS
 
         options = {k: v for k, v in tcfg.items() if k not in TASK_SETTINGS}
         return cls(task=str(tcfg["name"]), data_dir=str(tcfg["data_dir"]), options=options,
-                   limit_train=int(tcfg.get("limit_train", 0) or 0),
-                   limit_eval=int(tcfg.get("limit_eval", 0) or 0),
-                   heldout_fraction=float(tcfg.get("heldout_fraction", 0.1)),
-                   heldout_seed=int(tcfg.get("heldout_seed", 0)))
+                   limit_train=int(tcfg["limit_train"]), limit_eval=int(tcfg["limit_eval"]),
+                   heldout_fraction=float(tcfg["heldout_fraction"]),
+                   heldout_seed=int(tcfg["heldout_seed"]))
 
     def make_task(self) -> Any:
         from kdjax.data.tasks import get_task
@@ -96,9 +95,8 @@ def settings_for(task: str, data_dir: str, overrides: Sequence[str] = (),
     Raises ConfigError for an unknown key, and for keys outside the task section: a baseline
     has no training schedule, so a ``train.*`` override would silently do nothing.
     """
-    from kdjax.config_lib import apply_overrides
+    from kdjax.config_lib import apply_overrides, finetune_config
     from kdjax.eval.evaluate import overrides_for
-    from kdjax.train.finetune import finetune_config
 
     mine = overrides_for(task, list(overrides), list(tasks) or [task])
     for item in mine:
@@ -108,8 +106,7 @@ def settings_for(task: str, data_dir: str, overrides: Sequence[str] = (),
                 ", e.g. task.limit_train, or --config.TASK.task.KEY=V)"
             )
     config = apply_overrides(finetune_config(task), mine)
-    with config.ignore_type():
-        config.task.data_dir = data_dir
+    config.task.data_dir = str(data_dir)
     return BaselineSettings.from_task_config(config.task)
 
 
@@ -126,20 +123,13 @@ class Splits:
 
 
 def load_splits(task: Any, s: BaselineSettings) -> Splits:
-    """Train / selection / test examples, split exactly as `kdjax.train.finetune.load_splits`
-    splits them (limit_train first, then dev or the seeded held-out fraction, limit_eval on the
-    selection and test splits)."""
+    """Train / selection / test examples, split by `kdjax.train.finetune.split_examples`, the
+    function every fine-tuning run splits with (limit_train first, then dev or the seeded
+    held-out fraction, limit_eval on the selection and test splits)."""
     from kdjax.errors import DataError
-    from kdjax.train.finetune import selection_split, split_heldout
+    from kdjax.train.finetune import split_examples
 
-    train = task.load(s.data_dir, "train", limit=s.limit_train or None)
-    where = selection_split(task, s.data_dir)
-    if where == "dev":
-        select = task.load(s.data_dir, "dev", limit=s.limit_eval or None)
-    else:
-        train, select = split_heldout(train, s.heldout_fraction, s.heldout_seed)
-        if s.limit_eval:
-            select = select[: s.limit_eval]
+    train, select, where = split_examples(task, s)
     if not task.has_split(s.data_dir, "test"):
         raise DataError(f"task {task.name}: no test split under {s.data_dir}; the baseline is "
                         "scored on test")

@@ -148,11 +148,10 @@ def task_config(task: str, model: str, data_dir: str, overrides: Sequence[str] =
     from kdjax.config_lib import apply_overrides, finetune_config
 
     config = apply_overrides(finetune_config(task), list(overrides))
-    with config.ignore_type():
-        config.model = model
-        config.task.data_dir = data_dir
-        if name and "name" in config:
-            config.name = f"{name}_{task}"
+    config.model = str(model)
+    config.task.data_dir = str(data_dir)
+    if name:
+        config.name = f"{name}_{task}"
     return config
 
 

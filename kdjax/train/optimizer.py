@@ -26,13 +26,13 @@ def decay_mask(params: Any) -> Any:
 def learning_rate_schedule(cfg: Any) -> optax.Schedule:
     """Linear warmup to `train.lr`, then linear or cosine decay to `train.end_lr_factor` x lr."""
     steps = int(cfg.steps)
-    warmup = int(cfg.get("warmup_steps", 0))
-    if isinstance(cfg.get("warmup_steps"), float) and cfg.warmup_steps < 1:
+    warmup = int(cfg.warmup_steps)
+    if isinstance(cfg.warmup_steps, float) and cfg.warmup_steps < 1:
         warmup = int(cfg.warmup_steps * steps)  # a fraction of the run
     warmup = min(warmup, steps)
     peak = float(cfg.lr)
-    end = peak * float(cfg.get("end_lr_factor", 0.0))
-    kind = cfg.get("schedule", "linear")
+    end = peak * float(cfg.end_lr_factor)
+    kind = cfg.schedule
     decay_steps = max(1, steps - warmup)
     if kind == "linear":
         decay = optax.linear_schedule(peak, end, decay_steps)
@@ -48,20 +48,21 @@ def learning_rate_schedule(cfg: Any) -> optax.Schedule:
 
 
 def make_optimizer(cfg: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, lr schedule) from the `train` config section."""
+    """(optimizer, lr schedule) from the `train` config section (`config_lib.train_config`
+    holds every key's default; nothing is defaulted here)."""
     if float(cfg.lr) <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.lr}")
     schedule = learning_rate_schedule(cfg)
     parts = []
-    clip = float(cfg.get("clip_norm", 1.0))
+    clip = float(cfg.clip_norm)
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
     parts.append(optax.adamw(
         schedule,
-        b1=float(cfg.get("b1", 0.9)),
-        b2=float(cfg.get("b2", 0.999)),
-        eps=float(cfg.get("eps", 1e-6)),
-        weight_decay=float(cfg.get("weight_decay", 0.01)),
+        b1=float(cfg.b1),
+        b2=float(cfg.b2),
+        eps=float(cfg.eps),
+        weight_decay=float(cfg.weight_decay),
         mask=decay_mask,
     ))
     return optax.chain(*parts), schedule
