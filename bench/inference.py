@@ -1,9 +1,9 @@
 """CPU inference benchmark: the teacher and the four students in kdjax, PyTorch, ONNX Runtime.
 
-    python bench/inference.py --out bench/inference.jsonl                  # everything, 2 rounds
+    python bench/inference.py                # everything, 2 rounds -> bench/results/inference.jsonl
     python bench/inference.py --out /tmp/q.jsonl --models lf_v3 kd_small \\
         --runtimes ort_fp32 ort_int8 --rounds 1                             # a short run
-    python bench/inference.py --out bench/inference.jsonl --table          # the markdown table
+    python bench/inference.py --table        # the markdown table of the results file
 
 Models (random weights: speed and size do not depend on the values), each with a 2-label
 sequence-classification head (the NSMC deployment shape):
@@ -194,6 +194,8 @@ def _runner(job: dict[str, Any]) -> Any:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        if not job["spin"]:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(prep["files"][runtime], opts,
                                     providers=["CPUExecutionProvider"])
 
@@ -307,11 +309,12 @@ class Interrupted(Exception):
 _CHILD: subprocess.Popen | None = None
 
 
-def spawn(job: dict[str, Any], timeout: float) -> dict[str, Any]:
+def spawn(job: dict[str, Any], timeout: float,
+          env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one job in a fresh interpreter (same process group: Ctrl-C reaches it too)."""
     global _CHILD
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
     _CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--out", default=str(REPO / "bench" / "inference.jsonl"),
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "inference.jsonl"),
                    help="results file (JSON lines, appended; existing measurements are kept "
                    "and skipped)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -447,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="time each latency / throughput figure for at least this long")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="intra-op threads for PyTorch and ONNX Runtime (default: all cores)")
+    p.add_argument("--spin", action="store_true",
+                   help="let idle ONNX Runtime / OpenMP (PyTorch) threads spin-wait (their "
+                   "defaults). Off by default: on a shared VM whose load exceeds its cores, "
+                   "spinning threads halved ONNX Runtime's throughput (docs/deploy.md)")
     p.add_argument("--cache", default="/tmp/kdjax-bench-inference",
                    help="exports of the random-weight models (reused across runs)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
@@ -469,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     emit({"kind": "machine", "cpu": cpu_model(), "cores": os.cpu_count(),
-          "threads": args.threads, "python": platform.python_version(),
+          "threads": args.threads, "spin": args.spin, "python": platform.python_version(),
           "versions": versions(), "load_avg": load_avg(), "time": time.strftime("%F %T"),
           "command": " ".join(["python bench/inference.py", *(argv or sys.argv[1:])])})
     done = {(r["model"], r["runtime"], r["round"]) for r in read_lines(out)
@@ -505,8 +512,9 @@ def main(argv: list[str] | None = None) -> int:
                     job = {"kind": "measure", "model": m, "runtime": rt, "round": r,
                            "prepared": prepared[m], "threads": args.threads,
                            "warmup": args.warmup, "min_iters": args.min_iters,
-                           "seconds": args.seconds}
-                    res = spawn(job, args.timeout)
+                           "seconds": args.seconds, "spin": args.spin}
+                    env = {} if args.spin or rt != "torch" else {"OMP_WAIT_POLICY": "PASSIVE"}
+                    res = spawn(job, args.timeout, env)
                     if "error" in res:
                         emit({"kind": "error", "model": m, "runtime": rt, "round": r, **res})
                         continue
