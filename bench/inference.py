@@ -4,6 +4,7 @@
     python bench/inference.py --out /tmp/q.jsonl --models lf_v3 kd_small \\
         --runtimes ort_fp32 ort_int8 --rounds 1                             # a short run
     python bench/inference.py --table        # the markdown table of the results file
+    python bench/inference.py --models teacher --runtimes ort_fp32 ort_int8 --profile 32x64
 
 Models (random weights: speed and size do not depend on the values), each with a 2-label
 sequence-classification head (the NSMC deployment shape):
@@ -32,6 +33,12 @@ Measurements (one JSON line each, appended to --out):
   memory      the worker process's peak RSS (MB) after all of the above (interpreter, the
               runtime's libraries, the model, activations)
   size        the model file the runtime loads (MB = 10^6 bytes)
+
+Threads: PyTorch and ONNX Runtime use --threads intra-op threads (default: every core); their
+idle threads do not spin-wait unless --spin (ORT `session.intra_op.allow_spinning=0`,
+`OMP_WAIT_POLICY=PASSIVE` for PyTorch): on a shared VM whose load is above its core count,
+spinning halved ONNX Runtime's throughput. `--profile` replaces the timing by per-operator
+profiles (ONNX Runtime's profiler, torch.profiler) of the selected models and runtimes.
 
 Every (model, runtime, round) runs in a fresh interpreter, so peak RSS is per runtime and
 libraries never share a thread pool. Rounds interleave runtimes the way bench/distill_step.py
@@ -284,7 +291,65 @@ def worker_measure(job: dict[str, Any]) -> dict[str, Any]:
     return {"lines": lines}
 
 
-WORKERS = {"prepare": worker_prepare, "measure": worker_measure}
+def worker_profile(job: dict[str, Any]) -> dict[str, Any]:
+    """Time per operator of one (model, runtime) at one shape: ONNX Runtime's profiler (per op
+    type, after ORT's fusions) or torch.profiler (per aten op, self CPU time)."""
+    runtime, prep = job["runtime"], job["prepared"]
+    batch, length = job["shape"]
+    x = inputs(batch, length, prep["vocab_size"])
+    calls = job["calls"]
+    totals: dict[str, float] = {}
+    if runtime.startswith("ort_"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = job["threads"]
+        opts.inter_op_num_threads = 1
+        if not job["spin"]:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(job["dir"]) / f"ort-{job['model']}-{runtime}")
+        sess = ort.InferenceSession(prep["files"][runtime], opts,
+                                    providers=["CPUExecutionProvider"])
+        sess.run(None, x)  # warm-up (also profiled: dropped below by counting runs)
+        t = time.perf_counter()
+        for _ in range(calls):
+            sess.run(None, x)
+        wall = (time.perf_counter() - t) / calls
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+        first_end = runs[0]["ts"] + runs[0]["dur"] if runs else 0
+        for e in events:
+            if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                    and e["ts"] >= first_end):
+                op = e["args"]["op_name"]
+                totals[op] = totals.get(op, 0.0) + e["dur"] / 1000 / calls
+    elif runtime == "torch":
+        run, _ = _runner(job)
+        import torch
+
+        run(x)
+        t = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                run(x)
+        wall = (time.perf_counter() - t) / calls
+        for ev in prof.key_averages():
+            if ev.self_cpu_time_total > 0:
+                totals[ev.key] = ev.self_cpu_time_total / 1000 / calls
+    else:
+        raise ValueError(f"--profile supports ort_fp32, ort_int8 and torch, not {runtime}")
+    total = sum(totals.values())
+    ops = sorted(totals.items(), key=lambda kv: -kv[1])[: job["top"]]
+    return {"lines": [{"kind": "profile", "model": job["model"], "runtime": runtime,
+                       "batch": batch, "length": length, "calls": calls,
+                       "wall_ms": round(1000 * wall, 2), "op_ms_total": round(total, 2),
+                       "ops": [[k, round(v, 3), round(100 * v / total, 1)] for k, v in ops],
+                       "load_avg": load_avg()}]}
+
+
+WORKERS = {"prepare": worker_prepare, "measure": worker_measure, "profile": worker_profile}
 
 
 def run_worker(payload: str) -> int:
@@ -459,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     p.add_argument("--table", action="store_true",
                    help="only print the markdown table of --out")
+    p.add_argument("--profile", nargs="*", metavar="BxL", default=None,
+                   help="instead of timing: per-operator profiles of --models x --runtimes "
+                   "(ort_fp32, ort_int8, torch) at these shapes (default 32x64), appended to "
+                   "--out as kind 'profile' lines and printed")
+    p.add_argument("--top", type=int, default=10, help="operators per profile")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -487,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.models:
             todo = [(rt, r) for r in range(args.rounds) for rt in args.runtimes
                     if (m, rt, r) not in done]
-            if not todo:
+            if not todo and args.profile is None:
                 continue
             info = cache / m / "prepared.json"
             if not info.is_file():
@@ -500,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 emit({"kind": "prepared", **res})
             prepared[m] = json.loads(info.read_text())
-        for r in range(args.rounds):
+        for r in range(0 if args.profile is not None else args.rounds):
             for i, m in enumerate(args.models):
                 if m not in prepared:
                     continue
@@ -520,12 +590,42 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     for line in res["lines"]:
                         emit(line)
+        if args.profile is not None:
+            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.profile] or [
+                THROUGHPUT_SHAPE]
+            for m in args.models:
+                for rt in args.runtimes:
+                    if m not in prepared or rt == "kdjax":
+                        continue
+                    for shape in shapes:
+                        job = {"kind": "profile", "model": m, "runtime": rt, "shape": shape,
+                               "prepared": prepared[m], "threads": args.threads,
+                               "spin": args.spin, "calls": 3, "top": args.top,
+                               "dir": str(cache / m)}
+                        env = ({} if args.spin or rt != "torch"
+                               else {"OMP_WAIT_POLICY": "PASSIVE"})
+                        res = spawn(job, args.timeout, env)
+                        for line in res.get("lines", [{"kind": "error", "model": m,
+                                                       "runtime": rt, **res}]):
+                            emit(line)
+                            print(profile_text(line), file=sys.stderr)
+            return 0
     except Interrupted:
         print("\ninterrupted: rerun the same command to continue", file=sys.stderr)
         return 130
     print()
     print(table(read_lines(out)))
     return 0
+
+
+def profile_text(line: dict[str, Any]) -> str:
+    """A profile line as readable text: the top operators, ms per call and share."""
+    if line.get("kind") != "profile":
+        return json.dumps(line)
+    head = (f"{line['model']} / {line['runtime']} {line['batch']}x{line['length']}: "
+            f"{line['wall_ms']:.1f} ms per call, operators {line['op_ms_total']:.1f} ms")
+    return "\n".join([head] + [f"  {op:32s} {ms:9.2f} ms {pct:5.1f}%"
+                               for op, ms, pct in line["ops"]])
 
 
 if __name__ == "__main__":
