@@ -54,7 +54,7 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 MANIFEST = "kdjax_onnx.json"
-OPSET = 18
+OPSET = 20  # native Gelu (opset 20): one ORT kernel instead of Div/Erf/Add/Mul/Mul
 # Modules of the `onnx` extra and the pip requirement that brings each.
 _EXTRA_MODULES = (("torch", "torch==2.13.0"), ("onnx", "onnx"), ("onnxscript", "onnxscript"),
                   ("onnxruntime", "onnxruntime"))
