@@ -293,10 +293,10 @@ def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> fl
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """ONNX Runtime dynamic int8 quantization of `src` into `dst`.
 
-    Weights of every MatMul/Gemm (the two factors of each low-rank layer included) and of the
-    embedding Gathers become int8 with one scale per output channel; activations are quantized
-    to uint8 per call (`DynamicQuantizeLinear` + `MatMulInteger`), so no calibration data is
-    needed. See docs/deploy.md for the measured alternatives.
+    Weights of every MatMul/Gemm (the two factors of each low-rank layer included) become int8
+    with one scale per output channel, the embedding tables of the Gathers uint8; activations
+    are quantized to uint8 per call (`DynamicQuantizeLinear` + `MatMulInteger`), so no
+    calibration data is needed. See docs/deploy.md for the measured alternatives.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -328,7 +328,7 @@ def _onnx_config(cfg: EncoderConfig, weights: str, id2label: Any) -> dict[str, A
 
 
 def _onnx_params(path: Path) -> int:
-    """Number of float/int8 elements stored as initializers in an ONNX file."""
+    """Number of elements stored as initializers (any dtype) in an ONNX file."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
