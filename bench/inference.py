@@ -471,30 +471,41 @@ def best_of_rounds(lines: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
 
 
 def table(lines: list[dict[str, Any]]) -> str:
-    """Markdown: one row per (model, runtime); speed-up vs the teacher in the same runtime and
-    int8 vs fp32 of the same model."""
+    """Markdown: one row per (model, runtime); throughput speed-up vs the teacher in the same
+    runtime and int8 vs fp32 of the same model, as best / best (median / median) over rounds."""
     best = best_of_rounds(lines)
     models = [m for m in MODELS if any(k[0] == m for k in best)]
     runtimes = [r for r in RUNTIMES if any(k[1] == r for k in best)]
     head = ("| model | runtime | file MB | 1x32 p50 / p95 ms | 1x64 p50 / p95 ms | "
-            "32x64 tokens/s | x teacher | int8 / fp32 | peak RSS MB | rounds |")
+            "32x64 tokens/s best / median | x teacher | int8 / fp32 | peak RSS MB | rounds |")
     rows = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in models:
         for rt in runtimes:
             f = best.get((m, rt))
             if not f or "tokens_per_s" not in f:
                 continue
-            teacher = best.get(("teacher", rt), {}).get("tokens_per_s")
-            speed = f"{f['tokens_per_s'] / teacher:.1f}x" if teacher else "-"
-            fp32 = best.get((m, "ort_fp32"), {}).get("tokens_per_s")
-            ratio = f"{f['tokens_per_s'] / fp32:.2f}x" if rt == "ort_int8" and fp32 else ""
+            def med(key: tuple) -> float | None:
+                values = best.get(key, {}).get("tokens_per_s_rounds")
+                return percentile(values, 50) if values else None
+
+            def ratio_text(a: tuple, b: tuple) -> str:
+                """best / best (median / median)"""
+                fa, fb = best.get(a, {}), best.get(b, {})
+                if "tokens_per_s" not in fa or "tokens_per_s" not in fb:
+                    return "-"
+                return (f"{fa['tokens_per_s'] / fb['tokens_per_s']:.1f}x "
+                        f"({med(a) / med(b):.1f}x)")
+
+            speed = ratio_text((m, rt), ("teacher", rt))
+            ratio = ratio_text((m, rt), (m, "ort_fp32")) if rt == "ort_int8" else ""
 
             def lat(tag: str, f: dict[str, Any] = f) -> str:
                 p50, p95 = f.get(f"p50_ms_{tag}"), f.get(f"p95_ms_{tag}")
                 return "-" if p50 is None else f"{p50:.1f} / {p95:.1f}"
 
             rows.append(f"| {m} | {rt} | {f.get('file_mb', float('nan')):.1f} | {lat('1x32')} | "
-                        f"{lat('1x64')} | {f['tokens_per_s']:,.0f} | {speed} | {ratio} | "
+                        f"{lat('1x64')} | {f['tokens_per_s']:,.0f} / {med((m, rt)):,.0f} | "
+                        f"{speed} | {ratio} | "
                         f"{f.get('peak_rss_mb', float('nan')):,.0f} | {len(f['rounds'])} |")
     return "\n".join(rows)
 
