@@ -16,7 +16,8 @@ export reads back with `kdjax.from_hf` to the same parameters.
 
 Python API: `to_hf` (config + params -> directory), `export_workdir` (a run's Orbax checkpoint
 -> directory), `export_size` (exact file size without writing). CLI: `add_export_cli`
-(``kdjax export --workdir DIR --out HF_DIR --format electra|factorized``).
+(``kdjax export --workdir DIR --out HF_DIR --format electra|factorized``; ``--format onnx
+[--quantize int8]`` goes through `kdjax.deploy.to_onnx`, see docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -548,10 +549,11 @@ def _last_metrics(workdir: Path) -> dict[str, Any]:
 
 
 def _find_tokenizer(workdir: Path, meta: Mapping[str, Any]) -> Any:
-    """The run's tokenizer: WORKDIR/model, WORKDIR/tokenizer, data.tokenizer, the teacher's."""
+    """The run's tokenizer: WORKDIR/model (best/ for finetune), WORKDIR/tokenizer,
+    data.tokenizer, the teacher's."""
     from kdjax.data.tokenizer import load_tokenizer
 
-    candidates: list[str | Path] = [workdir / "model", workdir / "tokenizer",
+    candidates: list[str | Path] = [workdir / "model", workdir / "best", workdir / "tokenizer",
                                     workdir / "generator"]
     data = (meta.get("config") or {}).get("data") or {}
     if data.get("tokenizer") not in (None, "", "auto"):
@@ -615,7 +617,9 @@ def _load_run_model(workdir: Path, step: int | None,
         meta = _read_json(ckpt / str(used) / "meta" / "metadata")
         return cfg, params, {**meta, "step": used}
     # No checkpoints: a kdjax model directory (WORKDIR/model, or the directory itself) will do.
-    model_dir = {"": [workdir, workdir / "model"], "gen": [workdir / "generator"]}.get(part, [])
+    # (a `kdjax finetune` WORKDIR keeps its selected model in best/)
+    model_dir = {"": [workdir, workdir / "model", workdir / "best"],
+                 "gen": [workdir / "generator"]}.get(part, [])
     for cand in model_dir:
         if (cand / MODEL_FILE).is_file() and step is None:
             cfg, params = load_model_dir(cand)
@@ -625,8 +629,35 @@ def _load_run_model(workdir: Path, step: int | None,
     raise CheckpointError(
         f"no checkpoints in {ckpt}" + (f" for step {step}" if step is not None else "")
         + " and no kdjax model directory in the workdir; is it the --workdir of a "
-        "`kdjax distill`/`pretrain` run?"
+        "`kdjax distill`/`pretrain`/`finetune` run?"
     )
+
+
+def _check_onnx_options(format: str, dtype: Any, max_shard_size: Any, quantize: str | None,
+                        onnx_weights: str | None) -> bool:
+    """True for format="onnx"; ConfigError for options that only go with one of the formats."""
+    if format != "onnx":
+        if quantize not in (None, "", "none"):
+            raise ConfigError(f"--quantize {quantize} needs --format onnx (the Hugging Face "
+                              f"formats are float32/bfloat16 safetensors; got --format {format})")
+        if onnx_weights is not None:
+            raise ConfigError(f"--onnx_weights needs --format onnx (got --format {format}); "
+                              "for Hugging Face directories pick electra or factorized")
+        return False
+    from kdjax.deploy import ONNX_WEIGHTS, check_quantize, require_onnx
+
+    if _check_dtype(dtype) != "float32":
+        raise ConfigError("--format onnx writes a float32 graph (and an int8 one with "
+                          f"--quantize int8); drop --dtype {dtype}")
+    if max_shard_size is not None:
+        raise ConfigError("--max_shard_size applies to Hugging Face safetensors, not to "
+                          "--format onnx (one .onnx file)")
+    check_quantize(quantize)
+    if onnx_weights is not None and onnx_weights not in ONNX_WEIGHTS:
+        raise ConfigError(f"unknown --onnx_weights {onnx_weights!r}; use one of "
+                          f"{', '.join(ONNX_WEIGHTS)}")
+    require_onnx()  # before the (possibly long) checkpoint restore
+    return True
 
 
 def export_workdir(
@@ -639,6 +670,8 @@ def export_workdir(
     max_shard_size: int | str | None = None,
     tokenizer: Any = None,
     model_card: Mapping[str, Any] | None = None,
+    quantize: str | None = None,
+    onnx_weights: str | None = None,
 ) -> Path:
     """Export the model of a kdjax run (its Orbax checkpoint) as a Hugging Face directory.
 
@@ -649,14 +682,23 @@ def export_workdir(
     teacher's directory from the checkpoint's meta); the model card records the run (kind,
     recipe, teacher, step) and the last line of WORKDIR/metrics.jsonl. On multi-host runs
     every process restores, process 0 writes. Without checkpoints, a kdjax model directory
-    (WORKDIR/model) is exported instead.
+    (WORKDIR/model, or WORKDIR/best of a `kdjax finetune` run) is exported instead.
+
+    ``format="onnx"`` writes an ONNX Runtime directory instead (`kdjax.deploy.to_onnx`:
+    model.onnx, plus model_int8.onnx with ``quantize="int8"``; ``onnx_weights`` "auto" |
+    "merged" | "factorized" picks the graph, default auto = factorized when the model has
+    factors); it needs the ``onnx`` extra and float32, unsharded output.
 
     Raises CheckpointError (missing workdir / checkpoint / model part) and ConfigError
-    (unknown format or dtype) with one-line messages.
+    (unknown format or dtype, options that do not go together) with one-line messages.
     """
     import jax
 
-    format, dtype = _check_format(format), _check_dtype(dtype)
+    onnx = _check_onnx_options(format, dtype, max_shard_size, quantize, onnx_weights)
+    if not onnx and format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; use one of "
+                          f"{', '.join(FORMATS)}, onnx")
+    dtype = _check_dtype(dtype)
     if max_shard_size is not None:
         parse_size(max_shard_size)
     wd = Path(absolute(workdir))
@@ -664,9 +706,17 @@ def export_workdir(
     tok = _resolve_tokenizer(tokenizer) if tokenizer is not None else _find_tokenizer(wd, meta)
     card = _run_card(wd, meta, cfg, part)
     card.update(model_card or {})
-    labels = meta.get("id2label") or meta.get("labels")
+    labels = meta.get("id2label") or meta.get("labels") or meta.get("label_names") or None
     if jax.process_index() != 0:
         return Path(out_dir)
+    if onnx:
+        from kdjax.deploy import to_onnx
+
+        manifest = to_onnx(cfg, params, out_dir, weights=onnx_weights or "auto",
+                           quantize=quantize, tokenizer=tok, model_card=card,
+                           id2label=labels if cfg.head in ("classification",
+                                                           "token_classification") else None)
+        return Path(manifest["out"])
     return to_hf(cfg, params, out_dir, format=format, tokenizer=tok, dtype=dtype,
                  max_shard_size=max_shard_size, model_card=card,
                  id2label=labels if cfg.head in ("classification", "token_classification")
@@ -680,11 +730,22 @@ def add_export_cli(subparsers: argparse._SubParsersAction) -> Any:
         "export", help="convert a run's checkpoint into a Hugging Face model directory",
         description="Restore the Orbax checkpoint of a kdjax run (any mesh) on CPU and write a "
         "transformers directory: --format electra (standard ELECTRA, low-rank factors "
-        "multiplied out) or --format factorized (factors kept, trust_remote_code=True).",
+        "multiplied out) or --format factorized (factors kept, trust_remote_code=True); or an "
+        "ONNX Runtime directory: --format onnx [--quantize int8].",
     )
-    p.add_argument("--workdir", required=True, help="run directory of `kdjax distill/pretrain`")
+    p.add_argument("--workdir", required=True,
+                   help="run directory of `kdjax distill/pretrain/finetune` (or a model dir)")
     p.add_argument("--out", required=True, help="output Hugging Face model directory")
-    p.add_argument("--format", default="electra", help="electra (default) | factorized")
+    p.add_argument("--format", default="electra",
+                   help="electra (default) | factorized | onnx (ONNX Runtime graph; needs the "
+                   "onnx extra: pip install 'kdjax[onnx]')")
+    p.add_argument("--quantize", default=None,
+                   help="int8: with --format onnx, also write model_int8.onnx (ONNX Runtime "
+                   "dynamic quantization)")
+    p.add_argument("--onnx_weights", default=None,
+                   help="with --format onnx: auto (default: factorized when the model has "
+                   "low-rank factors, else merged) | merged (factors multiplied out) | "
+                   "factorized (factors kept as two MatMuls: the small file)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--dtype", default="float32", help="float32 (default) | bfloat16")
     p.add_argument("--part", default="", help="model of the run to export (default: the main "
@@ -702,10 +763,19 @@ def run_export_cli(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"kdjax export takes no --config.* overrides (got {overrides[0]})")
     out = export_workdir(args.workdir, args.out, format=args.format, step=args.step,
                          dtype=args.dtype, part=args.part, max_shard_size=args.max_shard_size,
-                         tokenizer=args.tokenizer)
+                         tokenizer=args.tokenizer, quantize=args.quantize,
+                         onnx_weights=args.onnx_weights)
     import jax
 
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and args.format == "onnx":
+        from kdjax.deploy import MANIFEST
+
+        manifest = _read_json(out / MANIFEST)
+        keys = ("out", "weights", "head", "architecture", "inputs", "outputs", "onnx_mb",
+                "int8_mb", "parity_max_abs", "parity_kdjax_max_abs", "files")
+        print(json.dumps({"format": "onnx", **{k: manifest[k] for k in keys if k in manifest}},
+                         ensure_ascii=False))
+    elif jax.process_index() == 0:
         config = _read_json(out / "config.json")
         files = sorted(p.name for p in out.iterdir() if p.is_file())
         size = sum((out / f).stat().st_size for f in files if f.endswith(".safetensors"))
