@@ -6,8 +6,9 @@ trains on it (or on a corpus). Each provides
 
 * `init(rng)` - the boxed trainable params (with logical axes);
 * `init_teacher(rng)` - the frozen teacher's params (shapes only matter), or None;
-* `loss(params, frozen, batch, rng, step) -> (loss, metrics)` - a pure function traced inside
-  the jitted step; `frozen` is the teacher's params or None;
+* `loss(params, frozen, batch, rng, step, deterministic=False) -> (loss, metrics)` - a pure
+  function traced inside the jitted step; `frozen` is the teacher's params or None;
+  `deterministic=True` turns dropout off (held-out evaluation);
 * `loss_weight(batch)` - how much a micro-batch counts when gradients are accumulated over
   several (`train.grad_accum`): its real tokens (or labelled tokens / rows), so that the
   accumulated loss is the full batch's token-weighted mean, not the mean of micro-batch means.
@@ -107,7 +108,7 @@ class DistillWorkload:
         return real_tokens(batch)
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         k_mask, k_drop = jax.random.split(rng)
         batch = dict(batch)
         extra: dict[str, Any] = {}
@@ -125,7 +126,7 @@ class DistillWorkload:
             t_out = jax.lax.stop_gradient(t_out)
         s_out = self.student.apply(
             {"params": params["student"]}, batch["input_ids"], **_inputs(batch),
-            deterministic=False, rngs={"dropout": k_drop},
+            deterministic=deterministic, rngs={"dropout": k_drop},
             **self.objective.model_kwargs("student"), **extra,
         )
         return self.objective(params["proj"], s_out, t_out, batch, step)
@@ -177,13 +178,13 @@ class PretrainWorkload:
         return real_tokens(batch)
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         k_mask, k_gdrop, k_sample, k_ddrop = jax.random.split(rng, 4)
         original = batch["input_ids"]
         m = self.masking(k_mask, batch)
         gen_params = {**params["gen"], "embeddings": params["disc"]["embeddings"]}
         g_out = self.gen.apply(
-            {"params": gen_params}, m["input_ids"], **_inputs(batch), deterministic=False,
+            {"params": gen_params}, m["input_ids"], **_inputs(batch), deterministic=deterministic,
             rngs={"dropout": k_gdrop}, mlm_positions=m["mlm_positions"],
         )
         mlm = hard_label_loss(g_out.logits, m["mlm_targets"], mask=m["mlm_mask"])
@@ -198,7 +199,7 @@ class PretrainWorkload:
         real = batch["attention_mask"].astype(bool)
         labels = ((corrupted != original) & real).astype(jnp.float32)
         d_out = self.disc.apply(
-            {"params": params["disc"]}, corrupted, **_inputs(batch), deterministic=False,
+            {"params": params["disc"]}, corrupted, **_inputs(batch), deterministic=deterministic,
             rngs={"dropout": k_ddrop},
         )
         rtd = hard_label_loss(d_out.logits, labels, mask=real, kind="bce")
@@ -276,9 +277,9 @@ class FinetuneWorkload:
         return task_rows_weight(self.task, batch)
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         out = self.model.apply({"params": params["model"]}, batch["input_ids"], **_inputs(batch),
-                               deterministic=False, rngs={"dropout": rng})
+                               deterministic=deterministic, rngs={"dropout": rng})
         loss, metrics = self.task.loss(out.logits.astype(jnp.float32), batch)
         return loss, dict(metrics)
 
@@ -343,12 +344,12 @@ class TaskDistillWorkload:
         return {**self.objective.model_kwargs(who), "compute_logits": True}
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         t_out = self.teacher.apply({"params": frozen}, batch["input_ids"], **_inputs(batch),
                                    deterministic=True, **self._kwargs("teacher"))
         t_out = jax.lax.stop_gradient(t_out)
         s_out = self.student.apply({"params": params["model"]}, batch["input_ids"],
-                                   **_inputs(batch), deterministic=False,
+                                   **_inputs(batch), deterministic=deterministic,
                                    rngs={"dropout": rng}, **self._kwargs("student"))
         kind = self.task.kind
         s_logits = s_out.logits.astype(jnp.float32)
