@@ -30,8 +30,11 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("multidevice")
     tok = train_wordpiece([str(SAMPLE)], str(root / "tokenizer"), vocab_size=512,
                           min_frequency=1, show_progress=False)
-    # a "pretrained" teacher for student.init=teacher_svd (random weights, real shapes)
-    cfg = EncoderConfig.from_any(load_config("debug").model.to_dict())
+    # a "pretrained" teacher for student.init=teacher_svd (random weights): the debug
+    # student's widths (SVD init needs them equal), dense, twice the layers
+    student = load_config("debug.py:student").model.to_dict()
+    cfg = EncoderConfig.from_any({**student, "num_layers": 4, "ffn_rank": 0,
+                                  "attention_rank": 0, "embedding_rank": 0})
     save_model_dir(root / "teacher", cfg, random_params(cfg, 3), tok)
     return root
 
