@@ -46,7 +46,10 @@ PLAN: dict[str, Any] = {
     "tokenizer_lines": 300_000,
     "corpus_lines": 0,  # 0 = the whole corpus
     # pre-training: batch 32 x 128 tokens; lr 2e-3 (small models take a large lr), 6% warm-up
-    "pretrain": {"steps": 2500, "batch": 32, "lr": 2e-3, "warmup": 150, "mlm": 0.15},
+    # ELECTRA's generator sampling at T = 1 throughout (pretrain.temperature_start /
+    # temperature_anneal can start near-uniform; see docs/training.md)
+    "pretrain": {"steps": 2500, "batch": 32, "lr": 2e-3, "warmup": 150, "mlm": 0.15,
+                 "temperature_start": 1.0, "temperature_anneal": 0.0},
     "kd": {"steps": 800, "batch": 32, "lr": 2e-3, "warmup": 50},
     "lf": {"steps": 300, "batch": 32, "lr": 1e-3, "warmup": 20},
     # fine-tuning, every task on its full training split (buckets 16/32/64/128):
@@ -124,7 +127,7 @@ def _train_config(stage: dict[str, Any]) -> Any:
 def pretrain_teacher(root: Path, corpus: str, progress: bool) -> None:
     import ml_collections
 
-    from kdjax.config_lib import data_config, load_config, mesh_config
+    from kdjax.config_lib import data_config, load_config, mesh_config, pretrain_config
     from kdjax.train.pretrain_distill import train
 
     p = PLAN["pretrain"]
@@ -132,7 +135,8 @@ def pretrain_teacher(root: Path, corpus: str, progress: bool) -> None:
         "name": "korean_table_teacher",
         "discriminator": {"model": load_config(MODELS + ":teacher").model},
         "generator": {"model": load_config(MODELS + ":generator").model},
-        "pretrain": {"disc_weight": 50.0, "temperature": 1.0},
+        "pretrain": pretrain_config(temperature_start=p["temperature_start"],
+                                    temperature_anneal=p["temperature_anneal"]),
         "data": data_config(files=corpus, max_length=128, tokenizer=str(root / "tokenizer"),
                             mlm_probability=p["mlm"], limit_lines=PLAN["corpus_lines"],
                             heldout_rows=512),

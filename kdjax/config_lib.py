@@ -170,6 +170,19 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     })
 
 
+def pretrain_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `pretrain` section (ELECTRA): the discriminator's loss weight and the generator's
+    sampling temperature, optionally annealed from `temperature_start` (easy, near-uniform
+    replacements a young discriminator can learn to spot) down to `temperature` over the first
+    `temperature_anneal` fraction of the steps."""
+    return _section(overrides, "pretrain", {
+        "disc_weight": 50.0,
+        "temperature": 1.0,
+        "temperature_start": 1.0,
+        "temperature_anneal": 0.0,
+    })
+
+
 def train_config(**overrides: Any) -> ml_collections.ConfigDict:
     """The `train` section: steps, batch, optimizer, logging and checkpoint cadence."""
     return _section(overrides, "train", {

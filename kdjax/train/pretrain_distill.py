@@ -177,9 +177,12 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
     else:
         d_cfg = sized(config.discriminator, "discriminator")
         g_cfg = sized(config.generator, "generator")
-        workload = PretrainWorkload(d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
-                                    disc_weight=float(config.pretrain.disc_weight),
-                                    temperature=float(config.pretrain.temperature))
+        pre = config.pretrain
+        workload = PretrainWorkload(
+            d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
+            disc_weight=float(pre.disc_weight), temperature=float(pre.temperature),
+            temperature_start=float(pre.temperature_start),
+            anneal_steps=int(float(pre.temperature_anneal) * int(config.train.steps)))
         models, main = {"disc": d_cfg.to_dict(), "gen": g_cfg.to_dict()}, "disc"
         meta = {"tied": {"gen": {"embeddings": "disc"}}}
     return CorpusRun(kind, mesh, rules, sources, tokenizer, workload, teacher, models, main,
@@ -265,8 +268,8 @@ class HeldOutEvaluation:
         if self._fn is None:
             key = jax.random.key(self.seed)
 
-            def metrics(params: Any, frozen: Any, batch: dict) -> tuple[Any, Any]:
-                loss, aux = self.workload.loss(params, frozen, batch, key, jnp.int32(0),
+            def metrics(params: Any, frozen: Any, batch: dict, step: Any) -> tuple[Any, Any]:
+                loss, aux = self.workload.loss(params, frozen, batch, key, step,
                                                deterministic=True)
                 return {"loss": loss, **aux}, self.workload.loss_weight(batch)
 
@@ -276,7 +279,8 @@ class HeldOutEvaluation:
         weight = 0.0
         for host in self._batches():
             batch = place(host, {k: sharding for k in host})
-            values, w = jax.device_get(self._fn(state.params, frozen, batch))
+            values, w = jax.device_get(self._fn(state.params, frozen, batch,
+                                                jnp.asarray(step, jnp.int32)))
             w = float(w)
             for k, v in values.items():
                 total[k] = total.get(k, 0.0) + float(v) * w
