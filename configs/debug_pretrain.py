@@ -2,7 +2,14 @@
 
 import ml_collections
 
-from kdjax.config_lib import data_config, mesh_config, model_config, sibling, train_config
+from kdjax.config_lib import (
+    data_config,
+    mesh_config,
+    model_config,
+    pretrain_config,
+    sibling,
+    train_config,
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -18,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
         "name": "debug_pretrain",
         "discriminator": {"model": disc},
         "generator": {"model": gen},
-        "pretrain": {"disc_weight": 50.0, "temperature": 1.0},
+        "pretrain": pretrain_config(),
         "data": data_config(files="builtin:sample", max_length=64, vocab_size=512),
         "train": train_config(steps=20, batch_size=8, log_every=5, save_every=10, lr=2e-3,
                               warmup_steps=2),

@@ -7,7 +7,7 @@ configs/kr_electra_generator.py and a real corpus (data.files).
 
 import ml_collections
 
-from kdjax.config_lib import data_config, mesh_config, model_config, train_config
+from kdjax.config_lib import data_config, mesh_config, model_config, pretrain_config, train_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
         "name": "demo_pretrain",
         "discriminator": {"model": disc},
         "generator": {"model": gen},
-        "pretrain": {"disc_weight": 50.0, "temperature": 1.0},
+        "pretrain": pretrain_config(),
         "data": data_config(files="builtin:konlpy,builtin:sample", max_length=128,
                             vocab_size=4000),
         "train": train_config(steps=300, batch_size=16, log_every=25, save_every=100, lr=1e-3,

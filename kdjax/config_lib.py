@@ -165,6 +165,21 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         "tokenizer_lines": 0,  # lines used to train it (0 = all)
         "mlm_probability": 0.15,
         "limit_lines": 0,  # 0 = read everything
+        # corpus rows kept out of training for the held-out evaluation (at most a tenth)
+        "heldout_rows": 256,
+    })
+
+
+def pretrain_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `pretrain` section (ELECTRA): the discriminator's loss weight and the generator's
+    sampling temperature, optionally annealed from `temperature_start` (easy, near-uniform
+    replacements a young discriminator can learn to spot) down to `temperature` over the first
+    `temperature_anneal` fraction of the steps."""
+    return _section(overrides, "pretrain", {
+        "disc_weight": 50.0,
+        "temperature": 1.0,
+        "temperature_start": 1.0,
+        "temperature_anneal": 0.0,
     })
 
 
@@ -176,6 +191,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
         "grad_accum": 1,
         "log_every": 50,
         "save_every": 500,
+        "eval_every": 0,  # pretrain/distill held-out evaluation; 0 = with every save
         "keep": 3,
         "keep_period": 0,  # also keep every Nth step (0 = off)
         "async_checkpoints": True,
@@ -244,8 +260,9 @@ def finetune_config(task: str, **overrides: Any) -> ml_collections.ConfigDict:
         "name": f"finetune_{task}",
         "task": {"name": task, "data_dir": "", "max_length": int(d.get("max_length", 128)),
                  # pad each batch only to the smallest of these lengths that holds it
-                 # (kdjax.data.task_batches); () = every batch padded to max_length
-                 "buckets": (),
+                 # (kdjax.data.task_batches; training, evaluation, prediction); () = every
+                 # batch padded to max_length
+                 "buckets": (16, 32, 64, 128),
                  "limit_train": 0, "limit_eval": 0, "heldout_fraction": 0.1,
                  "heldout_seed": 0, **options},
         # a model path (HF dir / hub id, kdjax model dir, kdjax workdir) or a size config

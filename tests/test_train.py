@@ -134,6 +134,16 @@ def test_pretrain_lowers_both_losses_and_writes_models(pretrained):
         early, late = early_late(records, key, n=5)
         assert late < early * 0.95, (key, early, late)
     assert all(r["skipped_steps"] == 0 for r in records)
+    # what shows ELECTRA learning: on every step, and on held-out corpus rows at each save
+    for key in ("gen_accuracy", "disc_precision", "disc_recall", "disc_auc"):
+        assert all(0.0 <= r[key] <= 1.0 for r in records), key
+    held = [r for r in records if "heldout_disc_auc" in r]
+    assert [r["step"] for r in held] == [20, 40]
+    for r in held:  # (the 70-line sample corpus is too small to expect held-out gains)
+        assert np.isfinite(r["heldout_loss"]) and 0.0 <= r["heldout_disc_auc"] <= 1.0
+        assert 0.0 < r["heldout_replaced_fraction"] < 0.5
+    assert pretrained["summary"]["last_metrics"]["heldout_disc_auc"] == held[-1][
+        "heldout_disc_auc"]
     for name, head in (("model", "discriminator"), ("generator", "generator")):
         info = json.loads((workdir / name / "kdjax_model.json").read_text())
         assert info["config"]["head"] == head

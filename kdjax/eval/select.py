@@ -89,7 +89,7 @@ def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
     data, where = load_selection(task, tcfg, load_tokenizer(str(tok_path)))
     mesh, rules = make_mesh(config.mesh, config.train)
     metrics = score_params(task, data, task_model_config(spec.config, task), spec.params, mesh,
-                           rules, int(config.eval.batch_size))
+                           rules, int(config.eval.batch_size), tuple(tcfg.buckets) or None)
     results = {"task": task.name, "model": str(config.model), "main_metric": task.main_metric,
                "dev": metrics, "dev_score": metrics.get(task.main_metric),
                "selected_on": where, "model_dir": str(spec.tok_dir or config.model),

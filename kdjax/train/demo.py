@@ -52,14 +52,24 @@ def run_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
 def _table(s: dict[str, Any]) -> str:
     t, st = s["teacher"], s["student"]
     tl, sl = t["final"], st["final"]
+    nan = float("nan")
+
+    def held(key: str) -> float:
+        return tl.get(f"heldout_{key}", nan)
+
     lines = [
         "",
         "kdjax demo summary",
         f"  teacher  {t['params']:>9,} params  {t['fp32_mb']:6.2f} MB fp32   "
-        f"gen_loss {tl.get('gen_loss', float('nan')):.3f}  disc_loss "
-        f"{tl.get('disc_loss', float('nan')):.3f}  ({t['minutes']} min)",
+        f"gen_loss {tl.get('gen_loss', nan):.3f}  disc_loss {tl.get('disc_loss', nan):.3f}  "
+        f"({t['minutes']} min)",
+        f"           held-out corpus: generator MLM accuracy {held('gen_accuracy'):.3f}; "
+        f"discriminator on replaced tokens: AUC {held('disc_auc'):.3f}, precision "
+        f"{held('disc_precision'):.3f}, recall {held('disc_recall'):.3f} "
+        f"({held('replaced_fraction'):.1%} replaced; AUC 0.5 = no signal)",
         f"  student  {st['params']:>9,} params  {st['fp32_mb']:6.2f} MB fp32   "
-        f"distill loss {sl.get('loss', float('nan')):.4f}  ({st['minutes']} min)",
+        f"distill loss {sl.get('loss', nan):.4f} (held-out "
+        f"{sl.get('heldout_loss', nan):.4f})  ({st['minutes']} min)",
         f"  compression {s['compression']}x",
         f"  teacher model: {t['dir']}",
         f"  student model: {st['dir']}",

@@ -241,14 +241,15 @@ def load_splits(task: Any, tcfg: Any, tokenizer: Any) -> TaskSplits:
 
 
 def score_params(task: Any, data: Any, cfg: EncoderConfig, params: Any, mesh: Any, rules: Any,
-                 batch_size: int) -> dict[str, float]:
-    """The task's metrics of a model (host params, `cfg` with the task head) on `data`."""
+                 batch_size: int, buckets: Any = None) -> dict[str, float]:
+    """The task's metrics of a model (host params, `cfg` with the task head) on `data`
+    (batches padded to length `buckets` when given)."""
     from kdjax.models.model import abstract_params
 
     with mesh_context(mesh, rules):
         sh = shd.logical_shardings(abstract_params(cfg, boxed=True), mesh, rules)
         placed = place(cast_tree(params, cfg.weight_dtype), sh)
-        outputs = Predictor(cfg, mesh, sh, batch_size)(placed, data.arrays)
+        outputs = Predictor(cfg, mesh, sh, batch_size, buckets)(placed, data.arrays)
     return {k: float(v) for k, v in task.evaluate(outputs, data).items()}
 
 
@@ -419,13 +420,14 @@ class EvaluateAndKeepBest:
     def due(self, step: int, steps: int) -> bool:
         return step % self.every == 0 or step == steps
 
-    def __call__(self, step: int, state: Any) -> dict[str, float]:
+    def __call__(self, step: int, state: Any, frozen: Any = None) -> dict[str, float]:
         run = self.run
         params = state.params["model"]
         if self._predictor is None:
             shardings = jax.tree_util.tree_map(lambda x: x.sharding, params)
             self._predictor = Predictor(self.model_cfg, run.mesh, shardings,
-                                        int(run.config.eval.batch_size))
+                                        int(run.config.eval.batch_size),
+                                        tuple(run.config.task.buckets) or None)
         outputs = self._predictor(params, run.splits.select.arrays)
         metrics = {k: float(v) for k, v in run.task.evaluate(outputs, run.splits.select).items()}
         if self.tracker.update(step, metrics):
@@ -512,7 +514,8 @@ def _test_scores(run: _Run, best: ModelSpec) -> dict[str, float]:
     if run.splits.test is None:
         return {}
     return score_params(run.task, run.splits.test, best.config, best.params, run.mesh,
-                        run.rules, int(run.config.eval.batch_size))
+                        run.rules, int(run.config.eval.batch_size),
+                        tuple(run.config.task.buckets) or None)
 
 
 def run_task(config: ml_collections.ConfigDict, workdir: str | epath.Path,

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
 from kdjax.data.corpus import StepBatches, resolve_sources, tokenize_corpus
@@ -176,9 +177,12 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
     else:
         d_cfg = sized(config.discriminator, "discriminator")
         g_cfg = sized(config.generator, "generator")
-        workload = PretrainWorkload(d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
-                                    disc_weight=float(config.pretrain.disc_weight),
-                                    temperature=float(config.pretrain.temperature))
+        pre = config.pretrain
+        workload = PretrainWorkload(
+            d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
+            disc_weight=float(pre.disc_weight), temperature=float(pre.temperature),
+            temperature_start=float(pre.temperature_start),
+            anneal_steps=int(float(pre.temperature_anneal) * int(config.train.steps)))
         models, main = {"disc": d_cfg.to_dict(), "gen": g_cfg.to_dict()}, "disc"
         meta = {"tied": {"gen": {"embeddings": "disc"}}}
     return CorpusRun(kind, mesh, rules, sources, tokenizer, workload, teacher, models, main,
@@ -214,6 +218,77 @@ def student_init(config: Any, run: CorpusRun) -> Any:
     return cast_tree(student, s_cfg.weight_dtype)
 
 
+def split_heldout_rows(examples: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """(train, held-out) rows of the tokenized corpus: a seeded `rows` (at most a tenth of
+    the corpus) are kept out of training for the held-out evaluation."""
+    k = min(int(rows), len(examples) // 10)
+    if k <= 0:
+        return examples, examples[:0]
+    held = np.zeros(len(examples), bool)
+    held[np.random.default_rng([int(seed), 104729]).permutation(len(examples))[:k]] = True
+    return examples[~held], examples[held]
+
+
+class HeldOutEvaluation:
+    """Hook: the workload's metrics on held-out corpus rows, dropout off and the masking RNG
+    fixed, so that successive evaluations see the same inputs and are comparable (pre-training:
+    generator MLM accuracy, discriminator precision / recall / AUC on replaced tokens;
+    distillation: every loss term). Logged as `heldout_<metric>`, weighted by real tokens."""
+
+    at_end = True
+
+    def __init__(self, workload: Any, rows: np.ndarray, pad_id: int, every: int, batch: int,
+                 mesh: Any, seed: int):
+        self.workload, self.rows, self.pad_id = workload, rows, pad_id
+        self.every, self.batch, self.mesh, self.seed = every, batch, mesh, seed
+        self.last_step = -1
+        self._fn: Any = None
+
+    def due(self, step: int, steps: int) -> bool:
+        return step % self.every == 0
+
+    def _batches(self) -> list[dict[str, np.ndarray]]:
+        out = []
+        for start in range(0, len(self.rows), self.batch):
+            ids = self.rows[start:start + self.batch]
+            if len(ids) < self.batch:  # pad rows: all padding, zero weight
+                ids = np.concatenate([ids, np.full((self.batch - len(ids), ids.shape[1]),
+                                                   self.pad_id, ids.dtype)])
+            out.append({"input_ids": ids, "attention_mask": (ids != self.pad_id).astype(
+                np.int32), "token_type_ids": np.zeros_like(ids)})
+        return out
+
+    def __call__(self, step: int, state: Any, frozen: Any) -> dict[str, float]:
+        import jax.numpy as jnp
+
+        from kdjax import sharding as shd
+        from kdjax.train.placement import place
+
+        if self._fn is None:
+            key = jax.random.key(self.seed)
+
+            def metrics(params: Any, frozen: Any, batch: dict, step: Any) -> tuple[Any, Any]:
+                loss, aux = self.workload.loss(params, frozen, batch, key, step,
+                                               deterministic=True)
+                return {"loss": loss, **aux}, self.workload.loss_weight(batch)
+
+            self._fn = jax.jit(metrics)
+        sharding = shd.batch_sharding(self.mesh, 2)
+        total: dict[str, float] = {}
+        weight = 0.0
+        for host in self._batches():
+            batch = place(host, {k: sharding for k in host})
+            values, w = jax.device_get(self._fn(state.params, frozen, batch,
+                                                jnp.asarray(step, jnp.int32)))
+            w = float(w)
+            for k, v in values.items():
+                total[k] = total.get(k, 0.0) + float(v) * w
+            weight += w
+        self.last_step = step
+        return {f"heldout_{k}": v / max(weight, 1e-9) for k, v in total.items()}
+
+
 def make_plan(config: Any, workdir: epath.Path, run: CorpusRun, progress: bool) -> trainer.Plan:
     """The run's plan: tokenized corpus batches, the workload, the teacher, student.init."""
     is_main = jax.process_index() == 0
@@ -224,8 +299,15 @@ def make_plan(config: Any, workdir: epath.Path, run: CorpusRun, progress: bool) 
         cache_dir=str(cache), text_field=config.data.text_field,
         limit_lines=int(config.data.limit_lines) or None, show_progress=progress and is_main,
     )
-    batches = StepBatches(examples, run.global_batch, int(config.train.seed),
-                          run.tokenizer.pad_token_id)
+    pad_id = run.tokenizer.pad_token_id
+    examples, heldout = split_heldout_rows(examples, int(config.data.heldout_rows),
+                                           int(config.train.seed))
+    batches = StepBatches(examples, run.global_batch, int(config.train.seed), pad_id)
+    hooks = []
+    if len(heldout):
+        every = int(config.train.eval_every) or int(config.train.save_every)
+        hooks.append(HeldOutEvaluation(run.workload, heldout, pad_id, every, run.global_batch,
+                                       run.mesh, int(config.train.seed) + 7))
     # Outside the mesh context: SVD/loading is host work. Only a fresh run reads it.
     initial = None
     if run.kind == "distill" and config.student.init not in ("random", ""):
@@ -244,7 +326,7 @@ def make_plan(config: Any, workdir: epath.Path, run: CorpusRun, progress: bool) 
               "num_examples": batches.num_examples},
         teacher=teacher,
         teacher_dtype=run.teacher["config"].weight_dtype if run.teacher else None,
-        initial_params=initial,
+        initial_params=initial, hooks=tuple(hooks),
     )
 
 

@@ -69,7 +69,7 @@ class Hook(Protocol):
 
     def due(self, step: int, steps: int) -> bool: ...
 
-    def __call__(self, step: int, state: Any) -> dict[str, float]: ...
+    def __call__(self, step: int, state: Any, frozen: Any) -> dict[str, float]: ...
 
 
 @dataclasses.dataclass
@@ -364,7 +364,7 @@ def run(session: Session, progress: bool = True) -> dict[str, Any]:
             step_fn = CompiledSteps(session.step_fn, state, frozen, batches.shapes(),
                                     session.batch_sharding, precompile=jax.process_count() > 1)
             prefetch = Prefetcher(batches, session.batch_sharding, session.start)
-            t_mark, tokens = None, np.zeros(2)
+            t_mark, tokens, rows = None, np.zeros(2), 0
             for step in range(session.start, steps):
                 batch = prefetch.next(step)
                 state, metrics = step_fn(state, frozen, batch)
@@ -376,17 +376,19 @@ def run(session: Session, progress: bool = True) -> dict[str, Any]:
                     t_mark = time.perf_counter()
                 else:
                     tokens += batches.tokens(step)
+                    rows += batches.global_batch
                 hooked: dict[str, float] = {}
                 for hook in plan.hooks:
                     if hook.due(done, steps):
-                        hooked.update(hook(done, state))
+                        hooked.update(hook(done, state, frozen))
                 if done % log_every == 0 or done == steps or hooked:
                     values = mean.result()
                     now = time.perf_counter()
                     if tokens[0] > 0:
                         values["tokens_per_s"] = tokens[0] / (now - t_mark)
                         values["real_tokens_per_s"] = tokens[1] / (now - t_mark)
-                    t_mark, tokens = now, np.zeros(2)
+                        values["examples_per_s"] = rows / (now - t_mark)
+                    t_mark, tokens, rows = now, np.zeros(2), 0
                     values["epoch"] = batches.epoch_of(done)
                     values.update(hooked)
                     writer.write(done, values)
@@ -401,7 +403,8 @@ def run(session: Session, progress: bool = True) -> dict[str, Any]:
             if not interrupted:
                 for hook in plan.hooks:  # e.g. the final evaluation after a resume
                     if hook.at_end and hook.last_step < steps:
-                        hook(steps, state)
+                        last.update(hook(steps, state, frozen))  # summary only: the step's
+                        # metrics row is already written
             ckpt.wait()
     finally:  # also on TrainingError / Ctrl-C: finish pending saves, flush TensorBoard
         bar.close()

@@ -6,8 +6,9 @@ trains on it (or on a corpus). Each provides
 
 * `init(rng)` - the boxed trainable params (with logical axes);
 * `init_teacher(rng)` - the frozen teacher's params (shapes only matter), or None;
-* `loss(params, frozen, batch, rng, step) -> (loss, metrics)` - a pure function traced inside
-  the jitted step; `frozen` is the teacher's params or None;
+* `loss(params, frozen, batch, rng, step, deterministic=False) -> (loss, metrics)` - a pure
+  function traced inside the jitted step; `frozen` is the teacher's params or None;
+  `deterministic=True` turns dropout off (held-out evaluation);
 * `loss_weight(batch)` - how much a micro-batch counts when gradients are accumulated over
   several (`train.grad_accum`): its real tokens (or labelled tokens / rows), so that the
   accumulated loss is the full batch's token-weighted mean, not the mean of micro-batch means.
@@ -107,7 +108,7 @@ class DistillWorkload:
         return real_tokens(batch)
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         k_mask, k_drop = jax.random.split(rng)
         batch = dict(batch)
         extra: dict[str, Any] = {}
@@ -125,7 +126,7 @@ class DistillWorkload:
             t_out = jax.lax.stop_gradient(t_out)
         s_out = self.student.apply(
             {"params": params["student"]}, batch["input_ids"], **_inputs(batch),
-            deterministic=False, rngs={"dropout": k_drop},
+            deterministic=deterministic, rngs={"dropout": k_drop},
             **self.objective.model_kwargs("student"), **extra,
         )
         return self.objective(params["proj"], s_out, t_out, batch, step)
@@ -142,7 +143,8 @@ class PretrainWorkload:
     kind = "pretrain"
 
     def __init__(self, disc: EncoderConfig, gen: EncoderConfig, masking: MaskingSpec,
-                 disc_weight: float = 50.0, temperature: float = 1.0):
+                 disc_weight: float = 50.0, temperature: float = 1.0,
+                 temperature_start: float | None = None, anneal_steps: int = 0):
         if disc.head != "discriminator":
             raise ConfigError(f"pretrain: discriminator.model.head must be 'discriminator', "
                               f"got {disc.head!r}")
@@ -161,7 +163,27 @@ class PretrainWorkload:
         self.disc, self.gen = build_model(disc), build_model(gen)
         self.masking = masking
         self.disc_weight = disc_weight
+        if temperature <= 0 or (temperature_start is not None and temperature_start <= 0):
+            raise ConfigError(f"pretrain.temperature and pretrain.temperature_start must be > 0, "
+                              f"got {temperature} and {temperature_start}")
         self.temperature = temperature
+        self.temperature_start = temperature_start if anneal_steps > 0 else None
+        self.anneal_steps = int(anneal_steps)
+
+    def sampling_temperature(self, step: Array) -> Array:
+        """The generator's sampling temperature at `step`: annealed geometrically from
+        `temperature_start` to `temperature` over `anneal_steps`, then constant.
+
+        Why: at T = 1 an untrained generator replaces masked tokens with frequent, plausible
+        ones, and a young discriminator finds none of them (it learns to say "original"
+        everywhere: precision and recall 0, AUC ~0.55 after 300 demo steps). Near-uniform
+        replacements first (T ~ 100) are easy to spot (AUC 0.85 by step 100); as T falls
+        the replacements become the generator's own, ELECTRA's hard negatives.
+        """
+        if self.temperature_start is None:
+            return jnp.asarray(self.temperature, jnp.float32)
+        frac = jnp.clip(step.astype(jnp.float32) / self.anneal_steps, 0.0, 1.0)
+        return self.temperature_start * (self.temperature / self.temperature_start) ** frac
 
     def init(self, rng: Array) -> dict[str, Any]:
         k_d, k_g = jax.random.split(rng)
@@ -177,17 +199,21 @@ class PretrainWorkload:
         return real_tokens(batch)
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         k_mask, k_gdrop, k_sample, k_ddrop = jax.random.split(rng, 4)
         original = batch["input_ids"]
         m = self.masking(k_mask, batch)
         gen_params = {**params["gen"], "embeddings": params["disc"]["embeddings"]}
         g_out = self.gen.apply(
-            {"params": gen_params}, m["input_ids"], **_inputs(batch), deterministic=False,
+            {"params": gen_params}, m["input_ids"], **_inputs(batch), deterministic=deterministic,
             rngs={"dropout": k_gdrop}, mlm_positions=m["mlm_positions"],
         )
         mlm = hard_label_loss(g_out.logits, m["mlm_targets"], mask=m["mlm_mask"])
-        logits = jax.lax.stop_gradient(g_out.logits.astype(jnp.float32)) / self.temperature
+        # evaluation (deterministic) always samples at the final temperature, so that held-out
+        # figures stay comparable while training anneals it
+        temperature = jnp.asarray(self.temperature, jnp.float32) if deterministic else \
+            self.sampling_temperature(step)
+        logits = jax.lax.stop_gradient(g_out.logits.astype(jnp.float32)) / temperature
         sampled = jax.random.categorical(k_sample, logits).astype(original.dtype)
         valid = m["mlm_mask"].astype(bool)
         rows = jnp.arange(original.shape[0])[:, None]
@@ -198,7 +224,7 @@ class PretrainWorkload:
         real = batch["attention_mask"].astype(bool)
         labels = ((corrupted != original) & real).astype(jnp.float32)
         d_out = self.disc.apply(
-            {"params": params["disc"]}, corrupted, **_inputs(batch), deterministic=False,
+            {"params": params["disc"]}, corrupted, **_inputs(batch), deterministic=deterministic,
             rngs={"dropout": k_ddrop},
         )
         rtd = hard_label_loss(d_out.logits, labels, mask=real, kind="bce")
@@ -206,6 +232,7 @@ class PretrainWorkload:
         gen_acc = _masked_mean(jnp.argmax(g_out.logits, -1) == m["mlm_targets"], valid)
         return total, {
             "gen_loss": mlm, "disc_loss": rtd, "gen_accuracy": gen_acc,
+            "sampling_temperature": temperature,
             **detection_metrics(d_out.logits.astype(jnp.float32), labels > 0, real),
         }
 
@@ -222,7 +249,8 @@ def detection_metrics(logits: Array, replaced: Array, real: Array) -> dict[str, 
     a discriminator that says "original" everywhere scores ~90 % and has learned nothing.
     Precision and recall of "replaced" at logit 0, and the ROC AUC of the logits (Mann-Whitney:
     the chance that a replaced token scores above an original one; 0.5 = no signal) do not
-    have that blind spot.
+    have that blind spot. (Exactly tied logits are ranked in sort order, not averaged: real
+    logits do not tie.)
 
     Args:
       logits: [B, L] discriminator logits; replaced: [B, L] bool labels; real: [B, L] mask.
@@ -276,9 +304,9 @@ class FinetuneWorkload:
         return task_rows_weight(self.task, batch)
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         out = self.model.apply({"params": params["model"]}, batch["input_ids"], **_inputs(batch),
-                               deterministic=False, rngs={"dropout": rng})
+                               deterministic=deterministic, rngs={"dropout": rng})
         loss, metrics = self.task.loss(out.logits.astype(jnp.float32), batch)
         return loss, dict(metrics)
 
@@ -343,12 +371,12 @@ class TaskDistillWorkload:
         return {**self.objective.model_kwargs(who), "compute_logits": True}
 
     def loss(self, params: dict[str, Any], frozen: Any, batch: dict[str, Array], rng: Array,
-             step: Array) -> tuple[Array, dict[str, Array]]:
+             step: Array, deterministic: bool = False) -> tuple[Array, dict[str, Array]]:
         t_out = self.teacher.apply({"params": frozen}, batch["input_ids"], **_inputs(batch),
                                    deterministic=True, **self._kwargs("teacher"))
         t_out = jax.lax.stop_gradient(t_out)
         s_out = self.student.apply({"params": params["model"]}, batch["input_ids"],
-                                   **_inputs(batch), deterministic=False,
+                                   **_inputs(batch), deterministic=deterministic,
                                    rngs={"dropout": rng}, **self._kwargs("student"))
         kind = self.task.kind
         s_logits = s_out.logits.astype(jnp.float32)
