@@ -110,6 +110,9 @@ def _run_stage(stages: Stages, name: str, fn: Any) -> Any:
         return None
     t0, c0 = time.perf_counter(), _cpu()
     out = fn()
+    if isinstance(out, dict) and out.get("interrupted"):  # SIGTERM / Ctrl-C: resume later
+        _log(f"{name}: interrupted (checkpoint saved); run the same command again to resume")
+        sys.exit(130)
     stages.record(name, time.perf_counter() - t0, _cpu() - c0)
     _log(f"{name}: {stages.minutes(name)} min")
     return out
@@ -133,7 +136,7 @@ def _train_config(stage: dict[str, Any]) -> Any:
                         eval_every=max(1, stage["steps"] // 10))  # held-out curve: 10 points
 
 
-def pretrain_teacher(root: Path, corpus: str, progress: bool) -> None:
+def pretrain_teacher(root: Path, corpus: str, progress: bool) -> dict[str, Any]:
     import ml_collections
 
     from kdjax.config_lib import data_config, load_config, mesh_config, pretrain_config
@@ -152,10 +155,10 @@ def pretrain_teacher(root: Path, corpus: str, progress: bool) -> None:
         "train": _train_config(p),
         "mesh": mesh_config(),
     })
-    train(config, root / "teacher", "pretrain", progress=progress)
+    return train(config, root / "teacher", "pretrain", progress=progress)
 
 
-def distill_student(root: Path, name: str, corpus: str, progress: bool) -> None:
+def distill_student(root: Path, name: str, corpus: str, progress: bool) -> dict[str, Any]:
     import ml_collections
 
     from kdjax.config_lib import data_config, load_config, mesh_config
@@ -175,7 +178,7 @@ def distill_student(root: Path, name: str, corpus: str, progress: bool) -> None:
         "train": _train_config(stage),
         "mesh": mesh_config(),
     })
-    train(config, root / name, "distill", progress=progress)
+    return train(config, root / name, "distill", progress=progress)
 
 
 def finetune_overrides(tasks: list[str] | None = None) -> list[str]:

@@ -603,7 +603,7 @@ def _run_card(wd: Path, meta: Mapping[str, Any], cfg: EncoderConfig,
 
 def _load_run_model(workdir: Path, step: int | None,
                     part: str) -> tuple[EncoderConfig, Any, dict[str, Any]]:
-    from kdjax.modeldir import MODEL_FILE, load_from_checkpoint, load_model_dir
+    from kdjax.modeldir import MODEL_FILE, load_checkpoint_model, load_model_dir
 
     if not workdir.exists():
         raise CheckpointError(f"workdir {workdir} does not exist")
@@ -613,8 +613,7 @@ def _load_run_model(workdir: Path, step: int | None,
         if step is not None and step not in steps:
             raise CheckpointError(f"no checkpoint for step {step} in {ckpt} (have {steps})")
         used = steps[-1] if step is None else step
-        cfg, params = load_from_checkpoint(workdir, used, part=part)
-        meta = _read_json(ckpt / str(used) / "meta" / "metadata")
+        cfg, params, meta = load_checkpoint_model(workdir, used, part=part)
         return cfg, params, {**meta, "step": used}
     # No checkpoints: a kdjax model directory (WORKDIR/model, or the directory itself) will do.
     # (a `kdjax finetune` WORKDIR keeps its selected model in best/)

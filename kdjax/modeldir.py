@@ -132,6 +132,13 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[EncoderConfig
 def load_from_checkpoint(workdir: str | os.PathLike, step: int | None = None, part: str = "",
                          **overrides: Any) -> tuple[EncoderConfig, dict]:
     """The model of a run from its Orbax checkpoint (no optimizer state kept)."""
+    cfg, params, _ = load_checkpoint_model(workdir, step, part, **overrides)
+    return cfg, params
+
+
+def load_checkpoint_model(workdir: str | os.PathLike, step: int | None = None, part: str = "",
+                          **overrides: Any) -> tuple[EncoderConfig, dict, dict]:
+    """(config, params, the checkpoint's meta) of a run's model from its Orbax checkpoint."""
     from etils import epath
 
     from kdjax.train.checkpoint import read_state_numpy
@@ -145,7 +152,7 @@ def load_from_checkpoint(workdir: str | os.PathLike, step: int | None = None, pa
     params = dict(state["params"][part])
     for key, source in (meta.get("tied") or {}).get(part, {}).items():
         params[key] = state["params"][source][key]  # e.g. the generator's shared embeddings
-    return cfg, params
+    return cfg, params, meta
 
 
 # -- any model reference -> config + params -------------------------------------------------------

@@ -384,3 +384,19 @@ def test_no_pytorch_notice_from_transformers(caplog):
         logger.warning("another transformers warning")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["another transformers warning"]
+
+
+# -- 8. one run per workdir ------------------------------------------------------------------
+def test_a_second_run_in_a_busy_workdir_is_one_clear_error(tmp_path):
+    from etils import epath
+
+    from kdjax.errors import ConfigError
+    from kdjax.train.trainer import workdir_lock
+
+    with workdir_lock(epath.Path(tmp_path)):
+        with pytest.raises(ConfigError, match=f"{tmp_path} is in use by another kdjax run "
+                                              rf"\(pid {os.getpid()}\)"):
+            with workdir_lock(epath.Path(tmp_path)):
+                pass
+    with workdir_lock(epath.Path(tmp_path)):  # released at the end of the run
+        pass

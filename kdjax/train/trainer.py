@@ -17,11 +17,14 @@ its step themselves); `run` is the loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -343,9 +346,43 @@ def save_or_stop(done: int, steps: int, state: Any, preempt: Preemption, save_ev
     return stop
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: epath.Path) -> Iterator[None]:
+    """One run at a time in a workdir: two would interleave metrics rows and checkpoints.
+    An advisory lock on WORKDIR/.kdjax.lock, held by process 0 for the run (the OS drops it if
+    the process dies); remote (gs://) workdirs are not locked."""
+    if jax.process_index() != 0 or "://" in str(workdir):
+        yield
+        return
+    import fcntl
+
+    path = Path(str(workdir)) / ".kdjax.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(f"{workdir} is in use by another kdjax run ({holder}); wait for "
+                              "it to finish or stop it, or use another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run(session: Session, progress: bool = True) -> dict[str, Any]:
     """Train from `session.start` to `plan.train.steps`. Returns {"state", "last_metrics",
     "interrupted", "final_step"}; writes metrics.jsonl / TensorBoard and checkpoints."""
+    with workdir_lock(session.workdir):
+        return _run(session, progress)
+
+
+def _run(session: Session, progress: bool) -> dict[str, Any]:
     plan, ckpt = session.plan, session.ckpt
     cfg, batches = plan.train, plan.batches
     steps, log_every, save_every = int(cfg.steps), int(cfg.log_every), int(cfg.save_every)
