@@ -65,9 +65,6 @@ import json
 import math
 import os
 import platform
-import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +73,9 @@ from typing import Any
 
 LENGTH = 128
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/workers.py
+from workers import Interrupted, cpu_model, peak_rss_mb  # noqa: E402
+from workers import spawn as _spawn  # noqa: E402
 
 # name -> (config spec, extra overrides, default batch)
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -93,19 +93,6 @@ SCALED_TEACHER = {"hidden_size": 384, "num_heads": 12, "intermediate_size": 1536
 # ---------------------------------------------------------------------------------------------
 # shared helpers (no jax / torch imports at module level: workers import what they need)
 # ---------------------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def load_avg() -> float:
     with contextlib.suppress(OSError):
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -537,55 +524,10 @@ def run_worker(payload: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # the driver
 # ---------------------------------------------------------------------------------------------
-class Interrupted(Exception):
-    pass
-
-
-_CHILD: subprocess.Popen | None = None
-
-
 def spawn(job: dict[str, Any], env_extra: dict[str, str] | None = None,
           timeout: float = 3600) -> dict[str, Any]:
-    """Run one job in a fresh interpreter; its stderr (progress bars) passes through."""
-    global _CHILD
-    env = {**os.environ, **(env_extra or {})}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    # Same session and process group as the driver: Ctrl-C reaches the worker too, and the
-    # worker shares the driver's scheduler autogroup (a new session gets its own autogroup,
-    # which on a shared Linux box with sched_autogroup_enabled=1 slowed a 2-thread PyTorch
-    # worker 10x here).
-    _CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    try:
-        out, _ = _CHILD.communicate(timeout=timeout)
-    except KeyboardInterrupt:
-        stop_child()
-        raise Interrupted from None
-    except subprocess.TimeoutExpired:
-        stop_child()
-        return {"error": f"timed out after {timeout:.0f}s"}
-    finally:
-        rc = _CHILD.returncode
-        _CHILD = None
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": f"worker exited with {rc}"}
-
-
-def stop_child() -> None:
-    """Stop the worker this driver started, by its pid: SIGINT (it may already have one from
-    the terminal), then SIGKILL after 10 s."""
-    child = _CHILD
-    if child is None or child.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        child.send_signal(signal.SIGINT)
-    try:
-        child.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    """One measurement in a fresh worker interpreter (bench/workers.py)."""
+    return _spawn(__file__, job, timeout, env_extra, cwd=REPO)
 
 
 def versions() -> dict[str, str]:

@@ -56,15 +56,16 @@ import contextlib
 import json
 import os
 import platform
-import resource
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/workers.py
+from workers import Interrupted, cpu_model, peak_rss_mb  # noqa: E402
+from workers import spawn as _spawn  # noqa: E402
+
 MODELS = {
     "teacher": "configs/kr_electra_base.py",
     "kd_small": "configs/kd_small.py",
@@ -82,25 +83,6 @@ NUM_LABELS = 2
 # helpers shared by driver and workers (no jax / torch / kdjax imports at module level: the
 # ONNX Runtime worker must not load them, or its peak RSS would not be a deployment's)
 # ---------------------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cpu_model() -> str:
-    """`lscpu`'s model name (falls back to /proc/cpuinfo)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def load_avg() -> float:
     with contextlib.suppress(OSError):
         return float(Path("/proc/loadavg").read_text().split()[0])
@@ -367,50 +349,10 @@ def run_worker(payload: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
-class Interrupted(Exception):
-    pass
-
-
-_CHILD: subprocess.Popen | None = None
-
-
 def spawn(job: dict[str, Any], timeout: float,
           env_extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one job in a fresh interpreter (same process group: Ctrl-C reaches it too)."""
-    global _CHILD
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    _CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    try:
-        out, _ = _CHILD.communicate(timeout=timeout)
-    except KeyboardInterrupt:
-        stop_child()
-        raise Interrupted from None
-    except subprocess.TimeoutExpired:
-        stop_child()
-        return {"error": f"timed out after {timeout:.0f}s"}
-    finally:
-        rc = _CHILD.returncode
-        _CHILD = None
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": f"worker exited with {rc}"}
-
-
-def stop_child() -> None:
-    """Stop the worker this driver started (by its pid): SIGINT, then SIGKILL after 10 s."""
-    child = _CHILD
-    if child is None or child.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        child.send_signal(signal.SIGINT)
-    try:
-        child.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    """One measurement in a fresh worker interpreter (bench/workers.py)."""
+    return _spawn(__file__, job, timeout, env_extra, cwd=REPO)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
