@@ -1,9 +1,11 @@
 """Length buckets on NSMC fine-tuning: padding share, real tokens/s and examples/s, one length
-(every batch padded to `--max_length`, 64) against buckets (16 / 32 / 64).
+(every batch padded to `--max_length`, 64) against buckets (16 / 32 / 64) with `--batch` rows
+per batch, and against buckets whose batches hold equal tokens (`task.bucket_equal_tokens`:
+4x the rows at length 16, 2x at 32).
 
     python bench/buckets.py --data_dir ../shared/data/ko --rows 20000 --steps 300
 
-Both runs fine-tune the same random-init model (`--model`, a size config) on the same first
+All runs fine-tune the same random-init model (`--model`, a size config) on the same first
 `--rows` NSMC training rows with the same seed for `--steps` steps; throughput comes from the
 trainer's own log (metrics.jsonl: compile excluded, averaged over each log interval; the first
 interval is skipped). Interleaved rounds (`--rounds`) cancel the shared VM's slow spells. One
@@ -26,14 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def run_one(args: argparse.Namespace, buckets: tuple[int, ...], tokenizer: str,
-            workdir: Path) -> dict:
+def run_one(args: argparse.Namespace, buckets: tuple[int, ...], equal_tokens: bool,
+            tokenizer: str, workdir: Path) -> dict:
     from kdjax.config_lib import finetune_config
     from kdjax.train.finetune import run_task
 
     config = finetune_config("nsmc", **{
         "model": args.model, "tokenizer": tokenizer, "task.data_dir": args.data_dir,
         "task.max_length": args.max_length, "task.buckets": buckets,
+        "task.bucket_equal_tokens": equal_tokens,
         "task.limit_train": args.rows, "task.limit_eval": 64, "train.steps": args.steps,
         "train.batch_size": args.batch, "train.lr": 5e-4, "train.log_every": args.log_every,
         "train.save_every": 10 * args.steps, "eval.every": 10 * args.steps,
@@ -48,7 +51,8 @@ def run_one(args: argparse.Namespace, buckets: tuple[int, ...], tokenizer: str,
     def mean(key: str) -> float:
         return sum(r[key] for r in timed) / max(len(timed), 1)
 
-    return {"buckets": list(buckets) or None, "rows": args.rows, "steps": args.steps,
+    return {"buckets": list(buckets) or None, "equal_tokens": equal_tokens, "rows": args.rows,
+            "steps": args.steps, "dev_accuracy": rows[-1].get("heldout_accuracy"),
             "batch": args.batch, "max_length": args.max_length,
             # over the steps run: 1 - real / padded tokens
             "padding_share": 1.0 - mean("real_tokens_per_s") / mean("tokens_per_s"),
@@ -93,36 +97,34 @@ def main(argv: list[str] | None = None) -> int:
                             show_progress=False)
             tokenizer = str(Path(tmp) / "tok")
         results = []
+        variants = [((), False), ((16, 32), False), ((16, 32), True)]
         for r in range(args.rounds):
-            for buckets in (((), (16, 32)) if r % 2 == 0 else ((16, 32), ())):
-                key = {"round": r, "buckets": list(buckets) or None}
+            for buckets, equal in (variants if r % 2 == 0 else variants[::-1]):
+                key = {"round": r, "buckets": list(buckets) or None, "equal_tokens": equal}
                 old = [d for d in done if all(d.get(k) == v for k, v in key.items())]
                 if old:
                     results.append(old[0])
                     continue
-                out = {"round": r, **run_one(args, buckets, tokenizer,
-                                             Path(tmp) / f"r{r}_{len(buckets)}")}
+                out = {"round": r, **run_one(args, buckets, equal, tokenizer,
+                                             Path(tmp) / f"r{r}_{len(buckets)}_{int(equal)}")}
                 print(json.dumps(out), flush=True)
                 if args.out:
                     with open(args.out, "a") as f:
                         f.write(json.dumps(out) + "\n")
                 results.append(out)
-    one = [x for x in results if not x["buckets"]]
-    bucketed = [x for x in results if x["buckets"]]
-
     def avg(xs: list[dict], key: str) -> float:
         return sum(x[key] for x in xs) / len(xs)
 
-    summary = {
-        "padding_share": {"one_length": avg(one, "padding_share"),
-                          "buckets": avg(bucketed, "padding_share")},
-        "examples_per_s": {"one_length": avg(one, "examples_per_s"),
-                           "buckets": avg(bucketed, "examples_per_s")},
-        "real_tokens_per_s": {"one_length": avg(one, "real_tokens_per_s"),
-                              "buckets": avg(bucketed, "real_tokens_per_s")},
-    }
-    summary["speedup_examples_per_s"] = (summary["examples_per_s"]["buckets"]
-                                         / summary["examples_per_s"]["one_length"])
+    groups = {"one_length": [x for x in results if not x["buckets"]],
+              "buckets": [x for x in results if x["buckets"] and not x.get("equal_tokens")],
+              "buckets_equal_tokens": [x for x in results if x.get("equal_tokens")]}
+    summary = {key: {m: avg(xs, m) for m in ("padding_share", "examples_per_s",
+                                              "real_tokens_per_s")}
+               for key, xs in groups.items() if xs}
+    for key in ("buckets", "buckets_equal_tokens"):
+        if key in summary:
+            summary[key]["speedup_examples_per_s"] = (summary[key]["examples_per_s"] /
+                                                      summary["one_length"]["examples_per_s"])
     print(json.dumps({"summary": summary}), flush=True)
     return 0
 

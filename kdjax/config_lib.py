@@ -263,6 +263,10 @@ def finetune_config(task: str, **overrides: Any) -> ml_collections.ConfigDict:
                  # (kdjax.data.task_batches; training, evaluation, prediction); () = every
                  # batch padded to max_length
                  "buckets": (16, 32, 64, 128),
+                 # with buckets: each batch holds as many rows as fill batch_size x max_length
+                 # tokens (shorter buckets, more rows) instead of batch_size rows: on NSMC
+                 # 2.9x the examples/s of one length, against 2.0x (bench/buckets.py)
+                 "bucket_equal_tokens": True,
                  "limit_train": 0, "limit_eval": 0, "heldout_fraction": 0.1,
                  "heldout_seed": 0, **options},
         # a model path (HF dir / hub id, kdjax model dir, kdjax workdir) or a size config

@@ -147,3 +147,26 @@ def test_detection_metrics_are_precision_recall_and_auc_of_replaced_tokens():
                                                       real).items()}
     assert flat["disc_accuracy"] == pytest.approx(5 / 8)
     assert flat["disc_recall"] == 0.0 and flat["disc_precision"] == 0.0
+
+
+def test_equal_token_batches_hold_more_rows_when_shorter():
+    lengths = _lengths(900, seed=7)
+    batches = ArrayBatches(_arrays(lengths), 16, seed=1, buckets=(16, 32), equal_tokens=True,
+                           multiple=4)
+    sizes = {}
+    seen = []
+    for step in range(batches.steps_per_epoch()):
+        rows = batches.rows(step, np.arange(batches.batch_rows(step)))
+        n, length = rows["input_ids"].shape
+        sizes[length] = n
+        assert n % 4 == 0 and n * length <= 16 * 64  # the token budget, a multiple of 4
+        seen += rows["row_label"].tolist()
+    assert sizes == {16: 64, 32: 32, 64: 16}
+    assert set(seen) == set(range(900))
+    assert [s["input_ids"][0] for s in batches.shapes()] == [(64, 16), (32, 32), (16, 64)]
+    # deterministic per step, like every other batching
+    again = ArrayBatches(_arrays(lengths), 16, seed=1, buckets=(16, 32), equal_tokens=True,
+                         multiple=4)
+    step = batches.steps_per_epoch() + 3
+    np.testing.assert_array_equal(batches.rows(step, np.arange(batches.batch_rows(step)))[
+        "row_label"], again.rows(step, np.arange(again.batch_rows(step)))["row_label"])

@@ -142,6 +142,31 @@ def test_finetune_lowers_loss_and_records_dev_score(finetuned):
     assert info["config"]["num_labels"] == 2 and (workdir / "best" / "tokenizer.json").is_file()
 
 
+def test_equal_token_buckets_train_with_batches_of_different_rows(data, tmp_path):
+    """task.bucket_equal_tokens: short buckets hold more rows; the prefetcher, the compiled
+    steps (one per shape) and the throughput figures follow the batch of each step."""
+    from kdjax.data.task_batches import ArrayBatches
+
+    config = debug_config(data, "train.steps=6", "train.log_every=1", "eval.every=6",
+                          "task.buckets=(8, 16)", "task.bucket_equal_tokens=True",
+                          "train.batch_size=4")
+    results = run_task(config, tmp_path / "run", progress=False)
+    assert results["score"] is not None
+    records = read_metrics(tmp_path / "run" / "stages" / "1_finetune")
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) for r in records)
+    # the same batches, rebuilt: short buckets hold more than batch_size rows (8 -> 16,
+    # 16 -> 8; these short reviews all land in 8 or 16)
+    from kdjax.data.tasks import get_task
+    from kdjax.data.tokenizer import load_tokenizer
+    from kdjax.train.finetune import load_splits
+
+    splits = load_splits(get_task("nsmc"), config.task, load_tokenizer(str(data["tokenizer"])))
+    batches = ArrayBatches(splits.train.arrays, 4, 0, buckets=(8, 16), equal_tokens=True)
+    assert min(batches.batch_rows(s) for s in range(6)) > 4
+    assert all(r["examples_per_s"] > 0 for r in records[1:])
+
+
 def test_best_checkpoint_is_chosen_on_heldout_never_test(finetuned, data, tmp_path):
     results = finetuned["results"]
     records = read_metrics(finetuned["workdir"] / "stages" / "1_finetune")

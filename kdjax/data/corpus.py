@@ -264,6 +264,10 @@ class StepBatches:
         shape = (self.global_batch, int(self.examples.shape[1]))
         return [{k: (shape, "int32") for k in self.keys}]
 
+    def batch_rows(self, step: int) -> int:
+        """Rows of step `step`'s global batch (always `global_batch` for a corpus)."""
+        return self.global_batch
+
     def tokens(self, step: int) -> np.ndarray:
         """[padded, real] tokens of step `step`'s global batch (for throughput figures)."""
         rows = self.rows(step, np.arange(self.global_batch))
@@ -295,7 +299,7 @@ class Prefetcher:
 
     def __init__(self, batches: StepBatches, sharding: Any, start_step: int, depth: int = 2):
         self.batches, self.sharding = batches, sharding
-        self.rows = local_rows(sharding, batches.global_batch)
+        self._rows: dict[int, np.ndarray] = {}  # global batch size -> this process's rows
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._step = start_step
@@ -306,8 +310,11 @@ class Prefetcher:
         step = self._step
         while not self._stop.is_set():
             try:
-                host = self.batches.rows(step, self.rows)
-                item: Any = (step, to_global(host, self.sharding, self.batches.global_batch))
+                size = self.batches.batch_rows(step)
+                if size not in self._rows:
+                    self._rows[size] = local_rows(self.sharding, size)
+                host = self.batches.rows(step, self._rows[size])
+                item: Any = (step, to_global(host, self.sharding, size))
             except Exception as e:  # surfaced in the main thread by next()
                 item = e
             while not self._stop.is_set():

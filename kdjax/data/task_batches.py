@@ -46,7 +46,8 @@ class ArrayBatches:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, seed: int,
-                 shuffle: bool = True, buckets: Sequence[int] | None = None):
+                 shuffle: bool = True, buckets: Sequence[int] | None = None,
+                 equal_tokens: bool = False, multiple: int = 1):
         if global_batch <= 0:
             raise DataError(f"train.batch_size must be positive, got {global_batch}")
         if not arrays:
@@ -67,12 +68,23 @@ class ArrayBatches:
                                  if v.ndim >= 2 and v.shape[1] == self.max_length)
         self.lengths = self.arrays["attention_mask"].sum(axis=1).astype(np.int64)
         self.buckets = bucket_lengths(buckets, self.max_length) if buckets else None
+        # rows per batch of each bucket length: `global_batch`, or with `equal_tokens` as many
+        # rows as fill global_batch x max_length tokens (a multiple of `multiple`, the
+        # data-parallel devices x grad_accum)
+        self._rows_of = {length: self._bucket_rows(length, equal_tokens, int(multiple))
+                         for length in (self.buckets or (self.max_length,))}
         self._perms: dict[int, np.ndarray] = {}
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.buckets is not None:
             self._groups = self._group_rows()
 
     # -- bucketing ------------------------------------------------------------------------------
+    def _bucket_rows(self, length: int, equal_tokens: bool, multiple: int) -> int:
+        if not equal_tokens:
+            return self.global_batch
+        rows = self.global_batch * self.max_length // length
+        return max(multiple, rows // multiple * multiple)
+
     def _group_rows(self) -> dict[int, np.ndarray]:
         """{bucket length: row indices}, small buckets merged into a neighbour."""
         which = np.searchsorted(np.asarray(self.buckets), self.lengths, side="left")
@@ -80,7 +92,7 @@ class ArrayBatches:
         groups = {self.buckets[b]: np.nonzero(which == b)[0] for b in range(len(self.buckets))}
         groups = {k: v for k, v in groups.items() if len(v)}
         while len(groups) > 1:
-            small = [k for k, v in sorted(groups.items()) if len(v) < self.global_batch]
+            small = [k for k, v in sorted(groups.items()) if len(v) < self._rows_of[k]]
             if not small:
                 break
             k = small[0]
@@ -92,27 +104,26 @@ class ArrayBatches:
             groups[into] = np.sort(np.concatenate([groups[into], groups.pop(out)]))
         return groups
 
-    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row indices [S, B], length [S]) of every batch of a bucketed epoch."""
+    def _epoch_plan(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """(row indices of every batch [S] x [B_s], length [S]) of a bucketed epoch."""
         if epoch in self._epochs:
             return self._epochs[epoch]
         if len(self._epochs) > 2:
             self._epochs.pop(min(self._epochs))
         rng = np.random.default_rng([self.seed, epoch, 1])
         batches, lengths = [], []
-        b = self.global_batch
         for length, rows in sorted(self._groups.items()):
+            b = self._rows_of[length]
             rows = rng.permutation(rows) if self.shuffle else rows
             short = -len(rows) % b
             if short:  # fill the last batch with other rows of this bucket
                 fill = rng.choice(rows[:len(rows) - (b - short)] if len(rows) > b else rows,
                                   size=short, replace=len(rows) - (b - short) < short)
                 rows = np.concatenate([rows, fill])
-            batches.append(rows.reshape(-1, b))
+            batches += list(rows.reshape(-1, b))
             lengths += [length] * (len(rows) // b)
-        order = rng.permutation(sum(len(x) for x in batches)) if self.shuffle else \
-            np.arange(sum(len(x) for x in batches))
-        plan = (np.concatenate(batches)[order], np.asarray(lengths, np.int64)[order])
+        order = rng.permutation(len(batches)) if self.shuffle else np.arange(len(batches))
+        plan = ([batches[i] for i in order], np.asarray(lengths, np.int64)[order])
         self._epochs[epoch] = plan
         return plan
 
@@ -129,7 +140,7 @@ class ArrayBatches:
         """Batches in one pass over the data: ceil(N / B), or the bucketed epoch's count."""
         if self.buckets is None:
             return -(-self._n // self.global_batch)
-        return int(sum(-(-len(v) // self.global_batch) for v in self._groups.values()))
+        return int(sum(-(-len(v) // self._rows_of[k]) for k, v in self._groups.items()))
 
     def _perm(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -151,6 +162,13 @@ class ArrayBatches:
         rows, lengths = self._epoch_plan(step // spe)
         return rows[step % spe], int(lengths[step % spe])
 
+    def batch_rows(self, step: int) -> int:
+        """Rows of step `step`'s global batch (differs per bucket with `equal_tokens`)."""
+        if self.buckets is None:
+            return self.global_batch
+        spe = self.steps_per_epoch()
+        return self._rows_of[int(self._epoch_plan(step // spe)[1][step % spe])]
+
     def indices(self, step: int, rows: np.ndarray) -> np.ndarray:
         """Dataset row indices [len(rows)] of global-batch rows `rows` at `step`."""
         return self._batch(step)[0][np.asarray(rows, np.int64)]
@@ -168,8 +186,9 @@ class ArrayBatches:
         lengths = [self.max_length] if self.buckets is None else sorted(self._groups)
         out = []
         for length in lengths:
-            out.append({k: ((self.global_batch, length, *v.shape[2:]) if k in self._token_keys
-                            else (self.global_batch, *v.shape[1:]), str(v.dtype))
+            b = self._rows_of[length]
+            out.append({k: ((b, length, *v.shape[2:]) if k in self._token_keys
+                            else (b, *v.shape[1:]), str(v.dtype))
                         for k, v in self.arrays.items()})
         return out
 

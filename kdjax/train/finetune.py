@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 SECTIONS = ("name", "task", "model", "tokenizer", "distill", "stages", "augment", "train",
             "eval", "mesh")
 # task-section keys that are run settings, not options of the Task class
-TASK_SETTINGS = ("name", "data_dir", "max_length", "buckets", "limit_train", "limit_eval",
-                 "heldout_fraction", "heldout_seed")
+TASK_SETTINGS = ("name", "data_dir", "max_length", "buckets", "bucket_equal_tokens",
+                 "limit_train", "limit_eval", "heldout_fraction", "heldout_seed")
 HEAD_KEYS = ("discriminator_head", "generator_head", "generator_bias", "classifier", "qa_head")
 STAGES = ("pre_finetune", "distill", "post_finetune")
 RESULTS = "results.json"
@@ -467,8 +467,11 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
     else:
         workload = FinetuneWorkload(s_cfg, task)
     train_cfg = copy.deepcopy(config.train)
+    dp = math.prod(run.mesh.shape[a] for a in ("data", "fsdp") if a in run.mesh.shape)
     batches = ArrayBatches(arrays, int(train_cfg.batch_size), int(train_cfg.seed),
-                           buckets=tuple(config.task.buckets) or None)
+                           buckets=tuple(config.task.buckets) or None,
+                           equal_tokens=bool(config.task.bucket_equal_tokens),
+                           multiple=dp * int(train_cfg.grad_accum))
     per_epoch = batches.steps_per_epoch()
     steps = int(train_cfg.steps) or max(1, math.ceil(float(train_cfg.epochs) * per_epoch))
     train_cfg.steps = steps

@@ -82,8 +82,9 @@ class Plan:
     Attributes:
       workload: see `kdjax.train.workloads`.
       batches: the step-indexed global batches: `rows(step, rows)`, `global_batch`,
-        `num_examples`, `epoch_of(step)`, `tokens(step) -> (padded, real)`, `keys` and
-        `shapes()` (the batch shapes a run will see; several with length buckets).
+        `batch_rows(step)` (rows of that step's batch), `num_examples`, `epoch_of(step)`,
+        `tokens(step) -> (padded, real)`, `keys` and `shapes()` (the batch shapes a run will
+        see; several with length buckets).
       train: the `train` config section, with `steps` resolved.
       meta: JSON saved beside every checkpoint.
       teacher: frozen teacher params (host numpy), "random" (smoke tests) or None.
@@ -413,7 +414,7 @@ def _run(session: Session, progress: bool) -> dict[str, Any]:
                     t_mark = time.perf_counter()
                 else:
                     tokens += batches.tokens(step)
-                    rows += batches.global_batch
+                    rows += batches.batch_rows(step)
                 hooked: dict[str, float] = {}
                 for hook in plan.hooks:
                     if hook.due(done, steps):
