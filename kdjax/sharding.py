@@ -73,12 +73,16 @@ def get_rules(name_or_rules: str | Sequence[Sequence[Any]]) -> Rules:
 
 
 def make_mesh(
-    shape: Sequence[int], axes: Sequence[str] = MESH_AXES, devices: Sequence[Any] | None = None
+    shape: Sequence[int], axes: Sequence[str] = MESH_AXES, devices: Sequence[Any] | None = None,
+    *, whole: bool | None = None,
 ) -> Mesh:
     """A mesh over all (or the given) devices; one entry of `shape` may be -1 (= the rest).
 
-    Uses `jax.make_mesh` with explicit Auto axis types, so sharding constraints inside the
-    jitted step are honoured under `jax.set_mesh`.
+    `devices` may be a TPU topology's compile-only devices (`kdjax.tpu_compile`). `whole` says
+    that `devices` is a whole slice (default: all of `jax.devices()`): it is then laid out by
+    `jax.make_mesh`, which follows the physical ICI torus on TPU (rings for the mesh axes); a
+    subset (`mesh.num_devices`) keeps its order. Axis types are explicitly Auto, so sharding
+    constraints inside the jitted step are honoured under `jax.set_mesh`.
     """
     axes = tuple(axes)
     shape = [int(s) for s in shape]
@@ -87,6 +91,8 @@ def make_mesh(
     unknown = [a for a in axes if a not in MESH_AXES]
     if unknown:
         raise ConfigError(f"mesh.axes has unknown axis {unknown}; use {', '.join(MESH_AXES)}")
+    if whole is None:
+        whole = devices is None or len(devices) == len(jax.devices())
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if shape.count(-1) > 1:
@@ -104,9 +110,15 @@ def make_mesh(
             f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices but {n} are "
             f"available; use -1 for one axis (e.g. mesh.shape=(-1, 1, 1)) to fill the rest"
         )
-    if len(devices) == len(jax.devices()):
-        return jax.make_mesh(tuple(shape), axes, axis_types=(AxisType.Auto,) * len(axes))
-    return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=(AxisType.Auto,) * len(axes))
+    types = (AxisType.Auto,) * len(axes)
+    if whole:
+        try:
+            return jax.make_mesh(tuple(shape), axes, axis_types=types, devices=devices)
+        except (ValueError, NotImplementedError, AssertionError) as e:
+            # e.g. a shape that does not map onto the torus: device order then
+            log.info("mesh %s has no physical layout on %s (%s); devices in id order",
+                     tuple(shape), devices[0].device_kind, e)
+    return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=types)
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
