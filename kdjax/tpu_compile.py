@@ -543,6 +543,15 @@ def argument_bytes(hlo: str) -> dict[str, int]:
     return out
 
 
+def shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings, without TPU
+    tile padding (the shard shape times the item size)."""
+    import jax
+
+    return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree_util.tree_leaves(tree)))
+
+
 # -- the report -------------------------------------------------------------------------------
 def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str, Any]:
     """The report of a compiled step (see the module doc): one JSON-able dict, bytes and FLOPs
@@ -565,6 +574,10 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
              - int(mem.alias_size_in_bytes) + int(mem.temp_size_in_bytes)
              + int(mem.generated_code_size_in_bytes))
     coll = collectives(hlo, devices)
+    state, frozen, batch = result.args
+    logical = {"params": shard_bytes(state.params),
+               "optimizer": shard_bytes(state.replace(params={})),
+               "teacher": shard_bytes(frozen), "batch": shard_bytes(batch)}
     tokens = target.global_batch * target.length
     analytic = workload_flops(target.workload, target.length)["total"] * tokens
     flops = float(cost.get("flops", 0.0))
@@ -593,6 +606,8 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
         "optimizer_bytes": args["optimizer"] + args["state"],
         "teacher_bytes": args["teacher"],
         "batch_bytes": args["batch"] + args["other"],
+        # the same without TPU tile padding (a [30000, 32] table fills 128 lanes: 4x)
+        "unpadded_bytes": logical,
         "arguments_bytes": int(mem.argument_size_in_bytes),
         "outputs_bytes": int(mem.output_size_in_bytes),
         "aliased_bytes": int(mem.alias_size_in_bytes),
@@ -614,7 +629,6 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
             "tokens_per_s": tokens / step_s if step_s > 0 else None,
             "mfu_ceiling": analytic / (step_s * devices * chip.bf16_flops) if step_s > 0
             else None,
-            "xla_optimal_s": float(cost.get("optimal_seconds", 0.0)) or None,
         },
         "chip": dataclasses.asdict(chip),
         "compile_s": round(result.seconds, 2),
@@ -638,7 +652,9 @@ def render(r: dict[str, Any]) -> str:
         f"{r['length']} = {r['tokens_per_step']} tokens/step, grad_accum {r['grad_accum']}",
         "  memory per device:",
         f"    params {_gb(r['params_bytes'])}   optimizer {_gb(r['optimizer_bytes'])}   "
-        f"teacher {_gb(r['teacher_bytes'])}   batch {_gb(r['batch_bytes'])}",
+        f"teacher {_gb(r['teacher_bytes'])}   batch {_gb(r['batch_bytes'])}   (as laid out in "
+        "HBM; unpadded: " + ", ".join(f"{k} {_gb(v)}" for k, v in r["unpadded_bytes"].items())
+        + ")",
         f"    arguments {_gb(r['arguments_bytes'])}   outputs {_gb(r['outputs_bytes'])} "
         f"(aliased {_gb(r['aliased_bytes'])})   temporaries {_gb(r['temp_bytes'])}   code "
         f"{_gb(r['code_bytes'])}",
@@ -675,3 +691,50 @@ def compile_run(config: Any, topology: str, kind: str | None = None,
     devices = topology_devices(topo)
     target = build_target(config, devices, kind)
     return analyze(compile_target(target), topo, config_name)
+
+
+# -- command line -----------------------------------------------------------------------------
+def fit_error(report: dict[str, Any]) -> str | None:
+    """The one-line reason a compiled step does not fit the chip's HBM, or None."""
+    if report["fits"]:
+        return None
+    return (f"the {report['kind']} step needs {_gb(report['total_bytes'])} per device "
+            f"(temporaries {_gb(report['temp_bytes'])}, arguments "
+            f"{_gb(report['arguments_bytes'])}) but a {report['device_kind']} chip has "
+            f"{_gb(report['hbm_bytes'])} of HBM; lower train.batch_size (or raise "
+            f"train.grad_accum), or shard with --config.mesh.preset=fsdp")
+
+
+def add_compile_cli(sub: Any) -> Any:
+    """Register `kdjax compile`; returns its handler."""
+    p = sub.add_parser(
+        "compile", help="compile a run's train step for a TPU slice on this host (libtpu): "
+        "HBM per chip, FLOPs, collectives, roofline step time")
+    p.add_argument("--config", required=True, help="the run's config (pretrain, distill or "
+                   "finetune recipe), e.g. configs/distill_paper.py:lf_v3")
+    p.add_argument("--topology", required=True, help="TPU topology (v4:2x2x2, v5e:16x16, "
+                   "v5p:2x2x1, v6e:4x4) or slice (v4-32, v5litepod-16, v5e-256, v6e-8)")
+    p.add_argument("--kind", default="", choices=("", "distill", "pretrain", "finetune"),
+                   help="the command whose step to compile (default: from the config)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--require_fit", action="store_true", help="exit with an error (status 2) "
+                   "when the step does not fit the chip's HBM (launch/run.sh --compile-check)")
+
+    def handler(args: Any, overrides: list[str]) -> int:
+        import json
+        import logging
+
+        from kdjax.config_lib import load_config
+
+        config = load_config(args.config, overrides)
+        logging.getLogger(__name__).info("compiling the %s step for %s", args.kind or
+                                         detect_kind(config), args.topology)
+        report = compile_run(config, args.topology, kind=args.kind or None,
+                             config_name=args.config)
+        print(json.dumps(report) if args.json else render(report), flush=True)
+        problem = fit_error(report) if args.require_fit else None
+        if problem:
+            raise KdjaxError(problem)
+        return 0
+
+    return handler
