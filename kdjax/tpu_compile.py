@@ -451,21 +451,37 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
     return comps, entry
 
 
+def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
+    """Iterations of a while loop: XLA's known_trip_count, else `i < N` in its condition with
+    the counter from 0 (how jax lowers lax.scan / fori_loop); 1 when neither is there."""
+    known = _TRIP.search(line)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"condition=%([^\s,)}]+)", line)
+    body = comps.get(cond.group(1), []) if cond else []
+    consts = dict(re.findall(r"%(\S+)\s*=\s*s32\[\]\S*\s+constant\((\d+)\)",
+                             "\n".join(body)))
+    for text in body:
+        m = re.search(r"compare\(%\S+, %([^\s,)]+)\), direction=LT", text)
+        if text.lstrip().startswith("ROOT") and m and m.group(1) in consts:
+            return int(consts[m.group(1)])
+    return 1
+
+
 def _multipliers(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
     """How often each computation runs per step: 1 for ENTRY, x trip count inside a while
-    loop with a known trip count (gradient accumulation's scan), inherited through calls."""
+    loop (gradient accumulation, scan_layers), inherited through calls."""
     mult: dict[str, int] = {entry: 1}
     stack = [entry]
     while stack:
         name = stack.pop()
         for line in comps.get(name, ()):
-            trip = _TRIP.search(line) if " while(" in line else None
+            trip = _trip_count(line, comps) if " while(" in line else 1
             for m in _CALLED.finditer(line):
                 callees = [m.group(1)] if m.group(1) else \
                     [c.strip().lstrip("%") for c in m.group(2).split(",") if c.strip()]
                 for callee in callees:
-                    times = mult[name] * (int(trip.group(1)) if trip and "body=%" + callee
-                                          in line else 1)
+                    times = mult[name] * (trip if "body=%" + callee in line else 1)
                     if callee in comps and times > mult.get(callee, 0):
                         mult[callee] = times
                         stack.append(callee)
@@ -486,6 +502,119 @@ def _group_size(line: str, num_devices: int) -> int:
     if m:
         return len([x for x in m.group(1).split(",") if x]) or num_devices
     return num_devices  # replica_groups={} : every device
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>\S+)\s*=\s*(?P<type>.*?)\s(?P<op>[a-z][\w\-]*)"
+                    r"\((?P<args>[^)]*)\)")
+_NOT_MEMORY = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+               "conditional", "call", "copy-done", "slice-done", "after-all", "partition-id",
+               "replica-id"}
+
+
+def _valid_pairs(out: int, size: int, stride: int, pad_lo: int, lhs_dil: int, rhs_dil: int,
+                 in_size: int) -> int:
+    """(output position, window position) pairs of one spatial dimension that land on a real
+    input element (not padding, not a hole of lhs dilation): XLA's convolution MAC count."""
+    top = (in_size - 1) * lhs_dil
+    count = 0
+    for o in range(out):
+        base = o * stride - pad_lo
+        if lhs_dil == 1 and rhs_dil == 1:
+            count += max(0, min(size - 1, top - base) - max(0, -base) + 1)
+        else:
+            count += sum(1 for k in range(size)
+                         if 0 <= base + k * rhs_dil <= top and (base + k * rhs_dil) % lhs_dil
+                         == 0)
+    return count
+
+
+def _conv_flops(line: str, out_type: str, operands: list[str], types: dict[str, str]) -> float:
+    labels = re.search(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)", line)
+    if not labels or len(operands) < 2:
+        return 0.0
+    lhs_l, rhs_l, out_l = labels.groups()
+    lhs, rhs, out = (_arrays(types.get(operands[0], "")), _arrays(types.get(operands[1], "")),
+                     _arrays(out_type))
+    if not (lhs and rhs and out):
+        return 0.0
+    lhs_d, rhs_d, out_d = lhs[0][1], rhs[0][1], out[0][1]
+    window = re.search(r"window=\{([^}]*)\}", line)
+    attrs = dict(kv.split("=", 1) for kv in window.group(1).split()) if window else {}
+
+    def field(key: str, n: int, default: int) -> list[int]:
+        return [int(x) for x in attrs[key].split("x")] if key in attrs else [default] * n
+
+    spatial = [c for c in out_l if c.isdigit()]
+    n = len(spatial)
+    size = field("size", n, 1)
+    stride, lhs_dil, rhs_dil = field("stride", n, 1), field("lhs_dilate", n, 1), \
+        field("rhs_dilate", n, 1)
+    pads = [tuple(int(v) for v in p.split("_")) for p in attrs["pad"].split("x")] \
+        if "pad" in attrs else [(0, 0)] * n
+    macs = out_d[out_l.index("b")] * out_d[out_l.index("f")] * rhs_d[rhs_l.index("i")]
+    for j, d in enumerate(spatial):
+        macs *= _valid_pairs(out_d[out_l.index(d)], size[j], stride[j], pads[j][0], lhs_dil[j],
+                             rhs_dil[j], lhs_d[lhs_l.index(d)])
+    return 2.0 * macs
+
+
+def _dot_flops(line: str, out_type: str, operands: list[str], types: dict[str, str]) -> float:
+    contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+    lhs = _arrays(types.get(operands[0], "")) if operands else []
+    out = _arrays(out_type)
+    if not (contract and lhs and out):
+        return 0.0
+    k = math.prod(lhs[0][1][int(i)] for i in contract.group(1).split(",") if i)
+    return 2.0 * math.prod(out[0][1]) * k
+
+
+def hlo_costs(hlo: str) -> dict[str, float]:
+    """kdjax's own count of the matmul FLOPs and HBM bytes of an optimized HLO module, once
+    (every computation run once, as XLA's `cost_analysis()` counts a while loop's body) and
+    per step (loop bodies x their trip count). Their ratio corrects XLA's totals for loops:
+    gradient accumulation, `scan_layers`.
+
+    FLOPs: 2 x MACs of every dot / convolution (convolutions as XLA counts them: valid window
+    positions only). Bytes: operands + results of the instructions outside fusions (each
+    fusion reads its operands from and writes its results to HBM).
+    """
+    comps, entry = _computations(hlo)
+    mult = _multipliers(comps, entry)
+    fused = {m for lines in comps.values() for line in lines if " fusion(" in line
+             for m in re.findall(r"calls=%([^\s,)}]+)", line)}
+    reducers = {m for lines in comps.values() for line in lines
+                for m in re.findall(r"to_apply=%([^\s,)}]+)", line)}
+    types: dict[str, str] = {}
+    parsed: dict[str, list[tuple[str, str, str, list[str]]]] = {}
+    for name, lines in comps.items():
+        rows = parsed.setdefault(name, [])
+        for line in lines:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            types[m.group("name")] = m.group("type")
+            operands = re.findall(r"%([^\s,)]+)", m.group("args"))
+            rows.append((line, m.group("type"), m.group("op"), operands))
+    out = {"flops_once": 0.0, "flops_per_step": 0.0, "bytes_once": 0.0, "bytes_per_step": 0.0}
+    for name, rows in parsed.items():
+        times = mult.get(name, 0)
+        if not times:
+            continue
+        control = name not in fused and name not in reducers
+        for line, out_type, op, operands in rows:
+            flops = 0.0
+            if op == "convolution":
+                flops = _conv_flops(line, out_type, operands, types)
+            elif op == "dot":
+                flops = _dot_flops(line, out_type, operands, types)
+            out["flops_once"] += flops
+            out["flops_per_step"] += flops * times
+            if control and op not in _NOT_MEMORY and not op.endswith("-done"):
+                moved = array_bytes(out_type, padded=True) + sum(
+                    array_bytes(types.get(o, ""), padded=True) for o in operands)
+                out["bytes_once"] += moved
+                out["bytes_per_step"] += moved * times
+    return out
 
 
 def collectives(hlo: str, num_devices: int) -> dict[str, dict[str, int]]:
@@ -580,8 +709,13 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
                "teacher": shard_bytes(frozen), "batch": shard_bytes(batch)}
     tokens = target.global_batch * target.length
     analytic = workload_flops(target.workload, target.length)["total"] * tokens
-    flops = float(cost.get("flops", 0.0))
-    accessed = float(cost.get("bytes accessed", 0.0))
+    # XLA counts a while loop's body once (gradient accumulation, scan_layers): scale its
+    # totals by kdjax's own per-step / once ratio of the same HLO
+    own = hlo_costs(hlo)
+    scale = {"flops": own["flops_per_step"] / own["flops_once"] if own["flops_once"] else 1.0,
+             "bytes": own["bytes_per_step"] / own["bytes_once"] if own["bytes_once"] else 1.0}
+    flops = float(cost.get("flops", 0.0)) * scale["flops"]
+    accessed = float(cost.get("bytes accessed", 0.0)) * scale["bytes"]
     times = {"compute": flops / chip.bf16_flops,
              "hbm": accessed / chip.hbm_bytes_per_s,
              "ici": sum(c["wire_bytes"] for c in coll.values()) / chip.ici_bytes_per_s}
@@ -622,6 +756,7 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
         "xla_flops_per_step": flops * devices,
         "analytic_flops_per_step": float(analytic),
         "bytes_accessed_per_device": accessed,
+        "loop_scale": {k: round(v, 4) for k, v in scale.items()},
         "collectives": coll,
         "roofline": {
             "compute_s": times["compute"], "hbm_s": times["hbm"], "ici_s": times["ici"],
