@@ -353,6 +353,24 @@ def _finetune_target(config: Any, devices: Sequence[Any]) -> Target:
 
 
 # -- compile ----------------------------------------------------------------------------------
+class DoesNotFit(KdjaxError):
+    """XLA refused the step: it needs more HBM than a chip has (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, required: int | None, available: int | None,
+                 program: Any, inputs: tuple):
+        super().__init__(message)
+        self.required, self.available = required, available
+        self.program, self.inputs = program, inputs  # (not `args`: Exception's own)
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _xla_size(text: str) -> int | None:
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)i?B?", text.strip())
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
 @dataclasses.dataclass
 class Compiled:
     """A compiled step and what built it."""
@@ -376,7 +394,19 @@ def compile_target(target: Target) -> Compiled:
     args = program.abstract_args(target.batch_shape)
     with mesh_context(target.mesh, target.rules):
         start = time.perf_counter()
-        executable = program.step_fn.lower(*args).compile()
+        lowered = program.step_fn.lower(*args)
+        try:
+            executable = lowered.compile()
+        except Exception as e:  # XLA's out-of-memory is a compile error on TPU
+            text = str(e).strip()
+            if "RESOURCE_EXHAUSTED" not in text:
+                raise
+            line = text.splitlines()[0].replace("RESOURCE_EXHAUSTED: ", "")
+            need = re.search(r"required[^(]*\(([^)]*)\)", line)
+            have = re.search(r"available HBM \(([^)]*)\)", line)
+            raise DoesNotFit(f"XLA: {line}", _xla_size(need.group(1)) if need else None,
+                             _xla_size(have.group(1)) if have else None, program,
+                             args) from None
     return Compiled(target, program, args, executable, time.perf_counter() - start)
 
 
@@ -777,6 +807,12 @@ def _gb(n: float) -> str:
 
 def render(r: dict[str, Any]) -> str:
     """The report as text (what `kdjax compile` prints without --json)."""
+    if r.get("compile_error"):
+        return (f"kdjax compile: {r['kind']} {r['config']} for {r['topology']} "
+                f"({r['accelerator_type']}): {r['devices']} x {r['device_kind']}, mesh "
+                f"{r['mesh']}, global batch {r['global_batch']} x {r['length']}: DOES NOT "
+                f"FIT - {r['compile_error']}\n  inputs per device (unpadded): "
+                + ", ".join(f"{k} {_gb(v)}" for k, v in r["unpadded_bytes"].items()))
     chip, roof = r["chip"], r["roofline"]
     mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
     lines = [
@@ -818,14 +854,53 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def oom_report(target: Target, topo: Topology, err: DoesNotFit,
+               config_name: str = "") -> dict[str, Any]:
+    """The report of a step XLA refused for lack of HBM: what XLA said it needs, the inputs'
+    shard bytes, kdjax's FLOPs; no executable, so no XLA FLOPs, collectives or roofline."""
+    from kdjax.flops import workload_flops
+
+    kind_name = target.mesh.devices.flat[0].device_kind
+    chip = CHIPS[kind_name]
+    state, frozen, batch = err.inputs
+    logical = {"params": shard_bytes(state.params),
+               "optimizer": shard_bytes(state.replace(params={})),
+               "teacher": shard_bytes(frozen), "batch": shard_bytes(batch)}
+    tokens = target.global_batch * target.length
+    total = err.required if err.required is not None else sum(logical.values())
+    return {
+        "kind": target.kind, "config": config_name, "topology": topo.topology_name,
+        "accelerator_type": topo.accelerator_type, "device_kind": kind_name,
+        "devices": target.mesh.devices.size,
+        "hosts": len({d.process_index for d in target.mesh.devices.flat}),
+        "mesh": {k: int(v) for k, v in target.mesh.shape.items()}, "rules": target.rules_name,
+        "global_batch": target.global_batch, "length": target.length,
+        "grad_accum": int(target.train.grad_accum), "tokens_per_step": tokens,
+        "params_bytes": logical["params"], "optimizer_bytes": logical["optimizer"],
+        "teacher_bytes": logical["teacher"], "batch_bytes": logical["batch"],
+        "unpadded_bytes": logical, "total_bytes": total, "hbm_bytes": chip.hbm_bytes,
+        "usable_hbm_bytes": err.available, "headroom_bytes": chip.hbm_bytes - total,
+        "fits": False, "compile_error": str(err),
+        "xla_flops_per_device": None, "xla_flops_per_step": None,
+        "analytic_flops_per_step": float(workload_flops(target.workload, target.length)["total"]
+                                         * tokens),
+        "collectives": {k: {"count": None, "bytes": None, "wire_bytes": None}
+                        for k in COLLECTIVES},
+        "roofline": None, "chip": dataclasses.asdict(chip), "compile_s": None,
+    }
+
+
 def compile_run(config: Any, topology: str, kind: str | None = None,
                 config_name: str = "") -> dict[str, Any]:
     """`kdjax compile`: resolve the topology, build the run's step over its devices, compile,
-    analyze. Returns the report (see `analyze`)."""
+    analyze. Returns the report (see `analyze`; `oom_report` when XLA refuses it)."""
     topo = resolve_topology(topology)
     devices = topology_devices(topo)
     target = build_target(config, devices, kind)
-    return analyze(compile_target(target), topo, config_name)
+    try:
+        return analyze(compile_target(target), topo, config_name)
+    except DoesNotFit as err:
+        return oom_report(target, topo, err, config_name)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -833,11 +908,11 @@ def fit_error(report: dict[str, Any]) -> str | None:
     """The one-line reason a compiled step does not fit the chip's HBM, or None."""
     if report["fits"]:
         return None
-    return (f"the {report['kind']} step needs {_gb(report['total_bytes'])} per device "
-            f"(temporaries {_gb(report['temp_bytes'])}, arguments "
-            f"{_gb(report['arguments_bytes'])}) but a {report['device_kind']} chip has "
-            f"{_gb(report['hbm_bytes'])} of HBM; lower train.batch_size (or raise "
-            f"train.grad_accum), or shard with --config.mesh.preset=fsdp")
+    have = report.get("usable_hbm_bytes") or report["hbm_bytes"]
+    return (f"the {report['kind']} step for {report['topology']} needs "
+            f"{_gb(report['total_bytes'])} per device but a {report['device_kind']} chip has "
+            f"{_gb(have)} of HBM; lower train.batch_size (or raise train.grad_accum), or shard "
+            f"with --config.mesh.preset=fsdp")
 
 
 def add_compile_cli(sub: Any) -> Any:
