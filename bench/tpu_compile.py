@@ -7,8 +7,7 @@ docs/scale.md.
 
 Each job is one `python -m kdjax.cli compile --json` subprocess (recipe x slice x mesh x global
 batch); its report is appended to the results file (JSON lines), so an interrupted sweep
-resumes where it stopped. Jobs run most informative first: every recipe data-parallel on every
-slice, then fsdp and data x fsdp on the 16- and 256-chip slices, then the 4-chip fsdp.
+resumes where it stopped. Jobs run most informative first (`FIRST`), then the rest of the grid.
 
 Recipes (256 x 128 tokens a step, the launch recipes' batch):
   pretrain        ELECTRA pre-training of KR-ELECTRA-base (discriminator 12L/768 + generator
@@ -55,20 +54,34 @@ BATCH = 256
 GiB = 2**30
 
 
+FIRST = [  # the most informative cells first: a sweep on 2 CPU cores takes hours
+    ("lf_v3", "v4-32", "data"), ("lf_v3", "v4-32", "fsdp"), ("lf_v3", "v4-32", "data_fsdp"),
+    ("pretrain", "v4-32", "data"), ("pretrain", "v4-32", "fsdp"),
+    ("pretrain", "v4-32", "data_fsdp"), ("lf_v3", "v5e-16", "data"),
+    ("pretrain", "v5e-16", "data"), ("lf_v3", "v4-8", "data"), ("pretrain", "v4-8", "data"),
+    ("kd_small", "v4-32", "data"), ("kominilm", "v4-32", "data"), ("lf_v3", "v5e-256", "data"),
+    ("lf_v3", "v5e-256", "fsdp"), ("lf_v3", "v6e-16", "data"), ("pretrain", "v5e-256", "fsdp"),
+    ("pretrain", "v6e-16", "data"),
+]
+
+
 def jobs() -> list[dict[str, Any]]:
-    """Every (recipe, slice, mesh, batch) in the order they run (see the module doc)."""
-    out = []
-    for s in ("v4-32", "v5e-16", "v4-8", "v5e-256", "v6e-16"):
-        for r in RECIPES:
-            out.append({"recipe": r, "slice": s, "mesh": "data", "batch": BATCH})
-    for r in RECIPES:  # v6e's second point for the per-sequence slope
-        out.append({"recipe": r, "slice": "v6e-16", "mesh": "data", "batch": 4 * BATCH})
-    for mesh in ("fsdp", "data_fsdp"):
-        for s in ("v4-32", "v5e-256", "v5e-16", "v6e-16"):
-            for r in RECIPES:
-                out.append({"recipe": r, "slice": s, "mesh": mesh, "batch": BATCH})
-    for r in RECIPES:  # on 4 chips (one host) data_fsdp is fsdp
-        out.append({"recipe": r, "slice": "v4-8", "mesh": "fsdp", "batch": BATCH})
+    """Every (recipe, slice, mesh, batch), in the order they run: `FIRST`, then every recipe
+    data-parallel on every slice (and v6e's second slope point), then fsdp and data x fsdp on
+    the 16- and 256-chip slices, then fsdp on the 4-chip one."""
+    grid = [(r, s, "data") for s in ("v4-32", "v5e-16", "v4-8", "v5e-256", "v6e-16")
+            for r in RECIPES]
+    grid += [(r, s, m) for m in ("fsdp", "data_fsdp") for s in ("v4-32", "v5e-256", "v5e-16",
+                                                                  "v6e-16") for r in RECIPES]
+    grid += [(r, "v4-8", "fsdp") for r in RECIPES]  # on one host data_fsdp is fsdp
+    out, seen = [], set()
+    for r, s, m in FIRST + grid:
+        if (r, s, m) not in seen:
+            seen.add((r, s, m))
+            out.append({"recipe": r, "slice": s, "mesh": m, "batch": BATCH})
+    # v6e's second point for the per-sequence slope
+    out += [{"recipe": r, "slice": "v6e-16", "mesh": "data", "batch": 4 * BATCH}
+            for r in RECIPES]
     return out
 
 

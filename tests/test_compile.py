@@ -213,12 +213,13 @@ def test_debug_recipes_compile(libtpu, config, topology):
 
 
 def test_data_parallel_step_all_reduces_the_gradient(libtpu):
-    """Replicated parameters, batch split 4 ways: one all-reduce (at least) carrying the whole
-    gradient of the trainable parameters, and no parameter gathering."""
+    """Replicated parameters, batch split 4 ways: all-reduces carrying the gradient of the
+    trainable parameters (XLA leaves out what is provably zero: the position embeddings past
+    the 64 positions used), and no parameter gathering."""
     r = compiled("configs/debug_distill.py", "v5e:2x2")
     c = r["collectives"]
     assert c["all-reduce"]["count"] >= 1
-    assert c["all-reduce"]["bytes"] >= r["unpadded_bytes"]["params"]
+    assert 0.9 * r["unpadded_bytes"]["params"] <= c["all-reduce"]["bytes"]
     assert c["all-gather"]["count"] == c["reduce-scatter"]["count"] == 0
 
 
@@ -248,9 +249,11 @@ def test_grad_accum_keeps_micro_batches_on_their_devices(libtpu):
 
 
 # -- the command line ---------------------------------------------------------------------------
-def kdjax(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def kdjax(*args: str, env: dict | None = None, drop: tuple[str, ...] = ()
+          ) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
     return subprocess.run([sys.executable, "-m", "kdjax.cli", *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=900, env={**os.environ, **(env or {})})
+                          text=True, cwd=REPO, timeout=900, env=full)
 
 
 def test_cli_json_contract(libtpu):
@@ -298,8 +301,9 @@ def test_cli_missing_libtpu(tmp_path):
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise ImportError('hidden by test_compile')\n")
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    # (importing libtpu in this process set TPU_LIBRARY_PATH, which jax would follow)
     line = _one_error(kdjax("compile", "--config", "configs/debug_distill.py", "--topology",
-                            "v5e:2x2", env=env))
+                            "v5e:2x2", env=env, drop=("TPU_LIBRARY_PATH",)))
     assert "kdjax compile needs libtpu" in line and "pip install" in line
 
 
