@@ -628,7 +628,9 @@ def hlo_costs(hlo: str) -> dict[str, float]:
             types[m.group("name")] = m.group("type")
             operands = re.findall(r"%([^\s,)]+)", m.group("args"))
             rows.append((line, m.group("type"), m.group("op"), operands))
-    out = {"flops_once": 0.0, "flops_per_step": 0.0, "bytes_once": 0.0, "bytes_per_step": 0.0}
+    out: dict[str, Any] = {"flops_once": 0.0, "flops_per_step": 0.0, "bytes_once": 0.0,
+                           "bytes_per_step": 0.0}
+    by_op: dict[str, float] = {}
     for name, rows in parsed.items():
         times = mult.get(name, 0)
         if not times:
@@ -647,7 +649,22 @@ def hlo_costs(hlo: str) -> dict[str, float]:
                     array_bytes(types.get(o, ""), padded=True) for o in operands)
                 out["bytes_once"] += moved
                 out["bytes_per_step"] += moved * times
+                by_op[_op_group(line)] = by_op.get(_op_group(line), 0.0) + moved * times
+    out["top"] = sorted(by_op.items(), key=lambda kv: -kv[1])[:8]
     return out
+
+
+def _op_group(line: str) -> str:
+    """Where an instruction comes from, for the HBM-traffic breakdown: its jax op_name with
+    layer numbers folded (encoder/layer_N/...), cut after the module path."""
+    m = re.search(r'op_name="([^"]*)"', line)
+    if not m:
+        return "(XLA-inserted: copies, prefetches, layout changes)"
+    name = re.sub(r"layer_\d+", "layer_N", m.group(1).replace("jit(train_step)/", ""))
+    name = re.sub(r"\[\\?'[^\]]*\]", "[...]", name) if name.startswith(("state", "frozen")) \
+        else name
+    parts = [p for p in name.split("/") if p]
+    return "/".join(parts[:4])
 
 
 def collectives(hlo: str, num_devices: int) -> dict[str, dict[str, int]]:
@@ -790,6 +807,8 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
         "analytic_flops_per_step": float(analytic),
         "bytes_accessed_per_device": accessed,
         "loop_scale": {k: round(v, 4) for k, v in scale.items()},
+        # where the HBM traffic comes from (kdjax's count of the HLO, by jax op_name)
+        "hbm_traffic_top": [[name, int(b)] for name, b in own["top"]],
         "collectives": coll,
         "roofline": {
             "compute_s": times["compute"], "hbm_s": times["hbm"], "ici_s": times["ici"],
@@ -845,6 +864,9 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"    {kind:<19} {c['count']:5d}  {c['bytes'] / 2**20:10.2f} MiB")
     if not any(c["count"] for c in r["collectives"].values()):
         lines.append("    none")
+    total_top = sum(b for _, b in r["hbm_traffic_top"]) or 1
+    lines.append("  HBM traffic by origin (kdjax's count of the optimized HLO): " + "; ".join(
+        f"{name} {b / total_top:.0%}" for name, b in r["hbm_traffic_top"][:5]))
     tok = roof["tokens_per_s"]
     lines += [
         f"  roofline ({chip['name']}: {chip['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, "
