@@ -321,3 +321,13 @@ def test_require_fit_refuses_a_step_that_does_not_fit(libtpu):
                             "v5e:2x2", "--require_fit",
                             "--config.teacher.model.vocab_size=70000000"))
     assert "per device but a TPU v5 lite chip has 15.75 GiB of HBM" in line
+
+
+def test_presets_recommend_what_the_compile_showed(capsys):
+    """`python -m kdjax.presets SLICE` names the mesh docs/scale.md recommends per run kind."""
+    from kdjax.presets import main
+
+    assert main(["v5litepod-16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recommended"]["distill"] == {"shape": [16, 1, 1], "rules": "replicated"}
+    assert set(out["recommended"]) == {"pretrain", "distill", "finetune"}
