@@ -25,7 +25,7 @@ synthetic vocab.txt of the teacher's vocabulary size, so nothing is downloaded):
 paper_kd uniform layer map (12 -> 12, teacher layers must be a multiple of student layers) and
 the minilm head-count rule are unchanged. `--full-teacher` forces the full size.
 
-FLOPs per token (matmul FLOPs, 2 per multiply-add; L = sequence length):
+FLOPs per token (matmul FLOPs, 2 per multiply-add; L = sequence length; `kdjax.flops`):
   proj(a, b, r)   = 2ab (dense) or 2r(a + b) (low-rank, rank r)
   layer(H, I, A)  = 4 proj(H, H, r_att) + proj(H, I, r_ffn) + proj(I, H, r_ffn) + 4LH
                     (4LH: the Q.K^T score and P.V context matmuls over all heads)
@@ -149,39 +149,6 @@ def model_configs(job: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# FLOPs
-# ---------------------------------------------------------------------------------------------
-def _proj(a: int, b: int, r: int) -> int:
-    return 2 * r * (a + b) if r else 2 * a * b
-
-
-def encoder_flops(cfg: Any, length: int, logits: bool) -> int:
-    """Forward matmul FLOPs per token of one encoder (see the module doc)."""
-    h, i, e = cfg.hidden_size, cfg.intermediate_size, cfg.emb_size
-    emb = (2 * cfg.embedding_rank * e if cfg.embedding_rank else 0) + (2 * e * h if e != h else 0)
-    layer = (4 * _proj(h, h, cfg.attention_rank) + _proj(h, i, cfg.ffn_rank)
-             + _proj(i, h, cfg.ffn_rank) + 4 * length * h)
-    head = 2 * h * h + 2 * h if logits and cfg.head == "discriminator" else 0
-    return emb + cfg.num_layers * layer + head
-
-
-def step_flops(objective: Any, t_cfg: Any, s_cfg: Any, length: int) -> dict[str, int]:
-    """Analytic FLOPs per token of the distillation step, by part."""
-    t_logits = objective.model_kwargs("teacher")["compute_logits"]
-    s_logits = objective.model_kwargs("student")["compute_logits"]
-    loss = 0
-    for term in objective.terms:
-        if term.projection:
-            loss += 3 * len(term.pairs) * 2 * s_cfg.hidden_size * t_cfg.hidden_size
-        if term.loss in ("qkv_relation_kl", "value_relation_kl"):
-            loss += len(term.pairs) * 2 * length * (t_cfg.hidden_size + 3 * s_cfg.hidden_size)
-    teacher = encoder_flops(t_cfg, length, t_logits)
-    student = 3 * encoder_flops(s_cfg, length, s_logits)
-    return {"teacher": teacher, "student_x3": student, "losses": loss,
-            "total": teacher + student + loss}
-
-
-# ---------------------------------------------------------------------------------------------
 # workers (run in a subprocess; print one JSON line prefixed RESULT)
 # ---------------------------------------------------------------------------------------------
 def _bar(total: int, desc: str, show: bool) -> Any:
@@ -251,6 +218,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from kdjax.data.corpus import local_rows, to_global
+    from kdjax.flops import step_flops
     from kdjax.train.pretrain_distill import prepare
 
     config, t_cfg, s_cfg = model_configs(job)

@@ -89,6 +89,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 
     handlers["export"] = add_export_cli(sub)
 
+    from kdjax.tpu_compile import add_compile_cli
+
+    handlers["compile"] = add_compile_cli(sub)
+
     from kdjax.eval.commands import add_eval_commands
 
     handlers.update(add_eval_commands(sub))

@@ -16,6 +16,13 @@ KR-ELECTRA-base (109M params, 0.44 GB fp32, frozen: no gradients or optimizer st
 small student fit on any TPU chip, so `data` is the default choice; `fsdp` / `data_fsdp` trade
 some all-gather traffic for memory when batches or teachers grow.
 
+`RECOMMENDED` is what the compiled steps showed (`kdjax compile`, docs/scale.md): every paper
+recipe fits a v4, v5e or v6e chip with replicated parameters at 256 x 128 tokens a step, while
+fsdp saves little memory (the students are small, the teacher is frozen in bf16, and
+activations dominate) and adds hundreds of all-gathers plus the gradient reduce-scatter a step.
+So `data` for every kind of run; `data_fsdp` (FSDP inside a host, data parallel across hosts)
+when a batch beyond the data mesh's largest is wanted - pre-training on 16 GiB v5e chips.
+
 `mesh_for("data_tensor:4", 16)` -> `{"shape": (4, 1, 4), "rules": "tensor"}`; a preset that
 does not fit the device count raises `ConfigError` naming the sizes that would.
 
@@ -90,6 +97,9 @@ PRESETS: dict[str, Preset] = {
     "fsdp_tensor": Preset("fsdp_tensor", "tensor", "4",
                           "tensor parallelism over T devices, FSDP across"),
 }
+
+
+RECOMMENDED: dict[str, str] = {"pretrain": "data", "distill": "data", "finetune": "data"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(argv) == 2:
             out["mesh"] = mesh_for_slice(argv[1], argv[0])
             out["overrides"] = " ".join(overrides(argv[1], argv[0]))
+        else:  # what kdjax compile showed for the paper's runs (docs/scale.md)
+            out["recommended"] = {kind: mesh_for_slice(p, argv[0])
+                                  for kind, p in RECOMMENDED.items()}
     except ConfigError as e:
         print(f"kdjax: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,9 @@
 #   launch/run.sh status                 running or not, last log line, on every worker
 #   launch/run.sh stop                   SIGTERM on every worker: kdjax saves a checkpoint at
 #                                        the current step and exits; `run` again resumes
+#   launch/run.sh run ... --compile-check --accelerator v4-32
+#                                        first compile the step for the slice HERE (kdjax
+#                                        compile, libtpu): refuse to start when it does not fit
 #
 # Every worker runs the same command (`python -m kdjax.cli KIND ... --distributed`):
 # jax.distributed.initialize() finds the coordinator and the process ids itself on Cloud TPU.
@@ -34,6 +37,9 @@ KDJAX_SIGNAL=${KDJAX_SIGNAL:-TERM}
 KDJAX_STOP_WAIT=${KDJAX_STOP_WAIT:-0}
 KDJAX_LINES=${KDJAX_LINES:-100}
 KDJAX_FOLLOW=${KDJAX_FOLLOW:-1}
+KDJAX_COMPILE_CHECK=${KDJAX_COMPILE_CHECK:-0}
+KDJAX_LOCAL_PYTHON=${KDJAX_LOCAL_PYTHON:-python3}
+TPU_ACCELERATOR=${TPU_ACCELERATOR:-}
 WORKER=${WORKER:-}
 ENVS=()
 if [[ -n ${KDJAX_ENV:-} ]]; then
@@ -76,6 +82,14 @@ flags (environment variable, default):
   --lines N           KDJAX_LINES (100)                tail: lines to show
   --no-follow         KDJAX_FOLLOW=0                   tail: print and return
   --ssh-arg ARG       TPU_SSH_ARGS                     extra flag for gcloud ssh (repeatable)
+  --compile-check     KDJAX_COMPILE_CHECK=1            run: pre-flight on this machine first:
+                                                       `kdjax compile` of the run for the
+                                                       slice's topology (needs libtpu here:
+                                                       pip install -e ".[tpu]"); refuses to
+                                                       start when the step does not fit HBM
+  --accelerator TYPE  TPU_ACCELERATOR                  the slice (v4-32, v5litepod-16, ...)
+                                                       the pre-flight compiles for
+  --local-python PATH KDJAX_LOCAL_PYTHON (python3)     the pre-flight's python (with kdjax)
   --dry-run           DRY_RUN=1                        print the gcloud commands, run nothing
   -h, --help
 Everything after `--` goes to kdjax unchanged, e.g. -- --config.teacher.path=teachers/kr
@@ -111,6 +125,9 @@ while (($#)); do
     --follow) KDJAX_FOLLOW=1; shift ;;
     --no-follow) KDJAX_FOLLOW=0; shift ;;
     --ssh-arg) need "$@"; SSH_EXTRA+=("$2"); shift 2 ;;
+    --compile-check) KDJAX_COMPILE_CHECK=1; shift ;;
+    --accelerator | --accelerator-type) need "$@"; TPU_ACCELERATOR=$2; shift 2 ;;
+    --local-python) need "$@"; KDJAX_LOCAL_PYTHON=$2; shift 2 ;;
     --) shift; KDJAX_ARGS=("$@"); break ;;
     run | tail | status | stop)
       [[ -z $CMD ]] || die "one command at a time (got $CMD and $1)"
@@ -133,6 +150,37 @@ for v in KDJAX_RUN_NAME KDJAX_LOG_DIR KDJAX_REMOTE_DIR; do
 done
 [[ $KDJAX_SIGNAL =~ ^[A-Z0-9]+$ ]] || die "--signal wants a name like TERM or INT"
 gcloud_args
+
+# preflight: compile the run's step for the slice on this machine (kdjax compile, libtpu) and
+# stop here, before anything starts on the TPU VMs, when it does not fit a chip's HBM.
+preflight() {
+  [[ -n $TPU_ACCELERATOR ]] ||
+    die "--compile-check needs the slice: --accelerator v4-32 (or set TPU_ACCELERATOR)"
+  local overrides=() i=0 a
+  local args=(${KDJAX_ARGS[@]+"${KDJAX_ARGS[@]}"})
+  while ((i < ${#args[@]})); do  # the --config.* overrides (kdjax's other flags stay out)
+    a=${args[i]}
+    if [[ $a == --config.*=* ]]; then
+      overrides+=("$a")
+    elif [[ $a == --config.* && $((i + 1)) -lt ${#args[@]} ]]; then
+      overrides+=("$a=${args[i + 1]}")
+      i=$((i + 1))
+    fi
+    i=$((i + 1))
+  done
+  local check=("$KDJAX_LOCAL_PYTHON" -m kdjax.cli compile --config "$KDJAX_CONFIG"
+    --topology "$TPU_ACCELERATOR" --kind "$KDJAX_KIND" --require_fit
+    ${overrides[@]+"${overrides[@]}"})
+  if [[ $DRY_RUN == 1 ]]; then
+    printf '(cd %s && %s)\n' "$(shquote "$REPO_ROOT")" "$(shjoin "${check[@]}")"
+    return 0
+  fi
+  info "pre-flight: compiling the $KDJAX_KIND step for $TPU_ACCELERATOR on this machine"
+  if ! (cd "$REPO_ROOT" && "${check[@]}" >&2); then
+    die "pre-flight: the $KDJAX_KIND step does not compile or fit on $TPU_ACCELERATOR" \
+      "(see above); nothing was started"
+  fi
+}
 
 RDIR=$(shquote "$KDJAX_REMOTE_DIR")
 # expanded on the worker: one log per host
@@ -163,6 +211,9 @@ case $CMD in
         [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants NAME=VALUE, got '$e'"
       done
       envs=(env "${ENVS[@]}")
+    fi
+    if [[ $KDJAX_COMPILE_CHECK == 1 ]]; then
+      preflight
     fi
     kdjax=(${envs[@]+"${envs[@]}"} "$KDJAX_PYTHON" -m kdjax.cli "$KDJAX_KIND"
       --config "$KDJAX_CONFIG" --workdir "$KDJAX_WORKDIR" --distributed --no_progress

@@ -489,8 +489,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(pretrained, tmp_pa
 # -- 9. gradient accumulation ----------------------------------------------------------------
 def padded_row_seed(teacher: Path) -> int:
     """A data seed whose first global batch of 8 holds the packed corpus's short (padded) last
-    row in its second half: the two micro-batches of grad_accum=2 then have different numbers
-    of real tokens, which a mean of micro-batch means would weight wrongly."""
+    row (in its second half): the two micro-batches of grad_accum=2 (rows of even and of odd
+    index) then have different numbers of real tokens, which a mean of micro-batch means would
+    weight wrongly."""
     from kdjax.data.corpus import SAMPLE, StepBatches, tokenize_corpus
     from kdjax.data.tokenizer import load_tokenizer
 
@@ -543,11 +544,12 @@ def test_grad_accum_is_token_weighted_with_uneven_padding():
         def loss_weight(self, batch):
             return jnp.sum(batch["attention_mask"].astype(jnp.float32))
 
-    x = jnp.asarray([[1.0, 5.0, 5.0, 5.0], [2.0, 2.0, 2.0, 2.0]])
-    mask = jnp.asarray([[1, 0, 0, 0], [1, 1, 1, 1]], jnp.int32)
-    batch = {"x": jnp.concatenate([x, x * 0 + 3.0]), "attention_mask": jnp.concatenate(
-        [mask, jnp.asarray([[1, 1, 1, 0], [0, 0, 0, 0]], jnp.int32)])}
-    # rows 0-1 (5 real tokens) and rows 2-3 (3 real tokens): unequal micro-batch weights
+    x = jnp.asarray([[1.0, 5.0, 5.0, 5.0], [3.0, 3.0, 3.0, 3.0], [2.0, 2.0, 2.0, 2.0],
+                     [3.0, 3.0, 3.0, 3.0]])
+    mask = jnp.asarray([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], jnp.int32)
+    batch = {"x": x, "attention_mask": mask}
+    # micro-batch a is rows a, a + 2 (strided, see make_train_step): rows 0 and 2 (5 real
+    # tokens), rows 1 and 3 (3 real tokens): unequal micro-batch weights
     tx = optax.sgd(0.1)
     params = {"w": jnp.float32(0.5)}
     zero = jnp.zeros((), jnp.int32)
@@ -562,7 +564,7 @@ def test_grad_accum_is_token_weighted_with_uneven_padding():
     np.testing.assert_allclose(results[2], results[1], rtol=1e-6)
     m = np.asarray(batch["attention_mask"], bool)
     per = (0.5 * np.asarray(batch["x"]) - 1.0) ** 2
-    mean_of_means = (per[:2][m[:2]].mean() + per[2:][m[2:]].mean()) / 2
+    mean_of_means = (per[0::2][m[0::2]].mean() + per[1::2][m[1::2]].mean()) / 2
     assert abs(mean_of_means - results[1][0]) > 1e-2  # the two rules differ on this batch
 
 

@@ -67,8 +67,9 @@ RESULTS = "results.json"
 
 
 # -- config -----------------------------------------------------------------------------------
-def check_config(config: Any) -> None:
-    """Sections and stage switches; one clear line per mistake."""
+def check_config(config: Any, data: bool = True) -> None:
+    """Sections and stage switches; one clear line per mistake. `data=False` (`kdjax
+    compile`: shapes only) does not ask for task.data_dir."""
     unknown = sorted(set(config.keys()) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown config section(s) {unknown} for `kdjax finetune`; "
@@ -83,7 +84,7 @@ def check_config(config: Any) -> None:
     if not config.model:
         raise ConfigError("config.model is empty; set --config.model=PATH (a pretrained model "
                           "directory) or a size config such as configs/debug.py")
-    if not config.task.data_dir:
+    if data and not config.task.data_dir:
         raise ConfigError("task.data_dir is empty; set --config.task.data_dir=DIR (the folder "
                           "with the task's files, e.g. ../shared/data/ko/nsmc)")
     check_train_section(config.train)
@@ -443,6 +444,19 @@ class EvaluateAndKeepBest:
         return {f"{run.splits.selected_on}_{k}": v for k, v in metrics.items()}
 
 
+def stage_workload(config: Any, task: Any, stage: str, model_cfg: EncoderConfig,
+                   teacher_cfg: EncoderConfig | None) -> Any:
+    """The workload of one stage: task KD from the frozen teacher (`stage` "distill"), else
+    the task's own loss. `model_cfg` already has the task's head (`task_model_config`)."""
+    if stage != "distill":
+        return FinetuneWorkload(model_cfg, task)
+    assert teacher_cfg is not None
+    objective = intermediate_objective(config.distill.objective, model_cfg, teacher_cfg)
+    return TaskDistillWorkload(model_cfg, teacher_cfg, task, alpha=float(config.distill.alpha),
+                               temperature=float(config.distill.temperature),
+                               objective=objective)
+
+
 def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: epath.Path,
                  ) -> dict[str, Any]:
     """Train one stage (resuming from its checkpoints); returns its stage.json record."""
@@ -455,17 +469,12 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
     keep_head = keeps_head(init, task)
     arrays = dict(run.splits.train.arrays)
     teacher = None
+    workload = stage_workload(config, task, name, s_cfg,
+                              run.teacher.config if run.teacher is not None else None)
     if name == "distill":
         assert run.teacher is not None
-        t_cfg = run.teacher.config
-        objective = intermediate_objective(config.distill.objective, s_cfg, t_cfg)
-        workload: Any = TaskDistillWorkload(
-            s_cfg, t_cfg, task, alpha=float(config.distill.alpha),
-            temperature=float(config.distill.temperature), objective=objective)
         arrays = _augmented(run, arrays)
         teacher = run.teacher.params
-    else:
-        workload = FinetuneWorkload(s_cfg, task)
     train_cfg = copy.deepcopy(config.train)
     dp = math.prod(run.mesh.shape[a] for a in ("data", "fsdp") if a in run.mesh.shape)
     batches = ArrayBatches(arrays, int(train_cfg.batch_size), int(train_cfg.seed),

@@ -77,14 +77,19 @@ def resolve_tokenizer(config: Any, workdir: epath.Path, teacher_dir: Path | None
     )
 
 
+def teacher_overrides(tcfg: Any) -> dict[str, str]:
+    """EncoderConfig fields the `teacher` section sets on whatever teacher is loaded."""
+    if not tcfg.dtype:
+        return {}
+    # The teacher is frozen: keep its weights in the compute dtype too (half the memory and
+    # bandwidth in bf16); there are no updates to lose precision on.
+    return {"dtype": tcfg.dtype, "param_dtype": tcfg.dtype}
+
+
 def load_teacher(tcfg: Any) -> dict[str, Any]:
     """{"config", "params" (host numpy, or None for teacher.init=random), "dir" (its
     tokenizer's), "source"}."""
-    overrides = {}
-    if tcfg.dtype:
-        # The teacher is frozen: keep its weights in the compute dtype too (half the memory
-        # and bandwidth in bf16); there are no updates to lose precision on.
-        overrides["dtype"] = overrides["param_dtype"] = tcfg.dtype
+    overrides = teacher_overrides(tcfg)
     if tcfg.path:
         spec = resolve_model(str(tcfg.path), "teacher.path", **overrides)
         if spec.params is None:
@@ -118,12 +123,65 @@ class CorpusRun:
     max_length: int
 
 
-def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
-    """Everything a run needs, validated before any compute (see module doc)."""
+def check_run_config(config: Any, kind: str) -> None:
+    """Sections and the `train` keys of a pretrain/distill config (one line per mistake)."""
     check_sections(config, kind)
     trainer.check_train_section(config.train)
     if int(config.train.steps) <= 0:
         raise ConfigError(f"train.steps must be a positive integer, got {config.train.steps}")
+
+
+def _sized(section: Any, name: str, vocab: int) -> EncoderConfig:
+    """The section's model with the tokenizer's vocabulary size."""
+    cfg = EncoderConfig.from_any(section.model.to_dict())
+    if cfg.vocab_size != vocab:
+        log.info("%s: vocab_size %d -> %d (the tokenizer's)", name, cfg.vocab_size, vocab)
+        cfg = cfg.replace(vocab_size=vocab)
+    return cfg
+
+
+def make_workload(config: Any, kind: str, tokenizer: Any, vocab: int,
+                  teacher_cfg: EncoderConfig | None = None
+                  ) -> tuple[Any, dict[str, dict], str, dict[str, Any]]:
+    """(workload, model configs, main model, checkpoint meta) of a validated config.
+
+    Shapes only: `tokenizer` supplies the [MASK] / special ids masking bakes into the step
+    (`MaskingSpec`), `vocab` the embedding rows, `teacher_cfg` (distill) the resolved
+    teacher. `build_run` passes the real ones; `kdjax compile` passes the configs' own.
+    """
+    max_len = int(config.data.max_length)
+    masking_prob = float(config.data.mlm_probability)
+    if kind == "distill":
+        t_cfg = teacher_cfg
+        assert t_cfg is not None
+        s_cfg = _sized(config.student, "student", vocab)
+        if s_cfg.vocab_size != t_cfg.vocab_size:
+            s_cfg = s_cfg.replace(vocab_size=t_cfg.vocab_size)
+        for name, c in (("teacher", t_cfg), ("student", s_cfg)):
+            if max_len > c.max_position_embeddings:
+                raise ConfigError(f"data.max_length={max_len} exceeds the {name}'s "
+                                  f"max_position_embeddings={c.max_position_embeddings}")
+        objective = build_objective(config.objective, s_cfg, t_cfg)
+        masking = MaskingSpec(tokenizer, vocab, masking_prob) if objective.needs_mlm_positions \
+            else None
+        workload: Any = DistillWorkload(s_cfg, t_cfg, objective, masking)
+        return workload, {"student": s_cfg.to_dict()}, "student", \
+            {"teacher_config": t_cfg.to_dict()}
+    d_cfg = _sized(config.discriminator, "discriminator", vocab)
+    g_cfg = _sized(config.generator, "generator", vocab)
+    pre = config.pretrain
+    workload = PretrainWorkload(
+        d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
+        disc_weight=float(pre.disc_weight), temperature=float(pre.temperature),
+        temperature_start=float(pre.temperature_start),
+        anneal_steps=int(float(pre.temperature_anneal) * int(config.train.steps)))
+    return workload, {"disc": d_cfg.to_dict(), "gen": g_cfg.to_dict()}, "disc", \
+        {"tied": {"gen": {"embeddings": "disc"}}}
+
+
+def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
+    """Everything a run needs, validated before any compute (see module doc)."""
+    check_run_config(config, kind)
     mesh, rules = trainer.make_mesh(config.mesh, config.train)
     data_cfg = config.data
     sources = resolve_sources(list(data_cfg.files) if not isinstance(data_cfg.files, str)
@@ -142,51 +200,23 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
         tokenizer = resolve_tokenizer(config, workdir, None, sources)
     vocab = len(tokenizer)
 
-    def sized(section: Any, name: str) -> EncoderConfig:
-        cfg = EncoderConfig.from_any(section.model.to_dict())
-        if cfg.vocab_size != vocab:
-            log.info("%s: vocab_size %d -> %d (the tokenizer's)", name, cfg.vocab_size, vocab)
-            cfg = cfg.replace(vocab_size=vocab)
-        return cfg
-
-    max_len = int(data_cfg.max_length)
-    masking_prob = float(data_cfg.mlm_probability)
-    if kind == "distill":
+    t_cfg = None
+    if teacher is not None:
         t_cfg = teacher["config"]
         if teacher["params"] is None:
-            t_cfg = sized(config.teacher, "teacher")
+            t_cfg = _sized(config.teacher, "teacher", vocab)
+            t_cfg = t_cfg.replace(**teacher_overrides(config.teacher))
         elif t_cfg.vocab_size != vocab:
             raise ConfigError(
                 f"the tokenizer has {vocab} tokens but the teacher's embedding has "
                 f"{t_cfg.vocab_size} rows; use the teacher's own tokenizer (data.tokenizer)"
             )
-        s_cfg = sized(config.student, "student")
-        if s_cfg.vocab_size != t_cfg.vocab_size:
-            s_cfg = s_cfg.replace(vocab_size=t_cfg.vocab_size)
-        for name, c in (("teacher", t_cfg), ("student", s_cfg)):
-            if max_len > c.max_position_embeddings:
-                raise ConfigError(f"data.max_length={max_len} exceeds the {name}'s "
-                                  f"max_position_embeddings={c.max_position_embeddings}")
-        objective = build_objective(config.objective, s_cfg, t_cfg)
-        masking = MaskingSpec(tokenizer, vocab, masking_prob) if objective.needs_mlm_positions \
-            else None
-        workload: Any = DistillWorkload(s_cfg, t_cfg, objective, masking)
         teacher["config"] = t_cfg
-        models, main = {"student": s_cfg.to_dict()}, "student"
-        meta = {"teacher": teacher["source"], "teacher_config": t_cfg.to_dict()}
-    else:
-        d_cfg = sized(config.discriminator, "discriminator")
-        g_cfg = sized(config.generator, "generator")
-        pre = config.pretrain
-        workload = PretrainWorkload(
-            d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
-            disc_weight=float(pre.disc_weight), temperature=float(pre.temperature),
-            temperature_start=float(pre.temperature_start),
-            anneal_steps=int(float(pre.temperature_anneal) * int(config.train.steps)))
-        models, main = {"disc": d_cfg.to_dict(), "gen": g_cfg.to_dict()}, "disc"
-        meta = {"tied": {"gen": {"embeddings": "disc"}}}
+    workload, models, main, meta = make_workload(config, kind, tokenizer, vocab, t_cfg)
+    if teacher is not None:
+        meta = {"teacher": teacher["source"], **meta}
     return CorpusRun(kind, mesh, rules, sources, tokenizer, workload, teacher, models, main,
-                     meta, int(config.train.batch_size), max_len)
+                     meta, int(config.train.batch_size), int(data_cfg.max_length))
 
 
 def student_init(config: Any, run: CorpusRun) -> Any:

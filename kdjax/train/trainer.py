@@ -115,6 +115,22 @@ class Program:
     batch_sharding: Any
     tx: Any
     schedule: Any
+    frozen_abstract: Any = None  # the teacher's ShapeDtypeStructs (its weight dtype), or None
+
+    def abstract_args(self, shape: dict[str, tuple[tuple[int, ...], str]]) -> tuple:
+        """(state, teacher, batch) as ShapeDtypeStructs carrying their shardings, for
+        `step_fn.lower(*args)`: `shape` is one of `Plan.batches.shapes()`. What `kdjax compile`
+        compiles for a TPU topology without any weights or data."""
+        state = with_shardings(self.abstract, self.shardings)
+        frozen = None if self.frozen_abstract is None else \
+            with_shardings(self.frozen_abstract, self.frozen_shardings)
+        return state, frozen, batch_specs(shape, self.batch_sharding)
+
+
+def batch_specs(shape: dict[str, tuple[tuple[int, ...], str]], sharding: Any) -> dict[str, Any]:
+    """{name: ((B, ...), dtype)} -> {name: ShapeDtypeStruct with the batch sharding}."""
+    return {k: jax.ShapeDtypeStruct(s, np.dtype(d), sharding=sharding)
+            for k, (s, d) in shape.items()}
 
 
 @dataclasses.dataclass
@@ -149,19 +165,29 @@ class Session:
 
 
 # -- mesh ---------------------------------------------------------------------------------------
-def make_mesh(mesh_cfg: Any, train_cfg: Any) -> tuple[Any, Any]:
+def make_mesh(mesh_cfg: Any, train_cfg: Any, devices: Sequence[Any] | None = None
+              ) -> tuple[Any, Any]:
     """(mesh, logical-axis rules) from the `mesh` section; checks that the global batch splits
-    over the data-parallel devices and `train.grad_accum`."""
+    over the data-parallel devices and `train.grad_accum`.
+
+    `devices`: the devices to lay the mesh over (default `jax.devices()`); `kdjax compile`
+    passes a TPU topology's compile-only devices, so a run and its compile share this code.
+    """
+    pool = list(jax.devices() if devices is None else devices)
     n_dev = int(mesh_cfg.num_devices)
-    if n_dev < 0 or n_dev > jax.device_count():
-        raise ConfigError(f"mesh.num_devices={n_dev} but {jax.device_count()} devices exist")
+    if n_dev < 0 or n_dev > len(pool):
+        raise ConfigError(f"mesh.num_devices={n_dev} but {len(pool)} devices exist")
+    chosen = pool[:n_dev] if n_dev else pool
     if mesh_cfg.preset:  # e.g. mesh.preset=fsdp: shape and rules from it
         from kdjax.presets import apply_preset
 
-        apply_preset(mesh_cfg, n_dev or jax.device_count(),
-                     local_devices=min(jax.local_device_count(), n_dev or jax.device_count()))
-    mesh = shd.make_mesh(tuple(mesh_cfg.shape), tuple(mesh_cfg.axes),
-                         devices=jax.devices()[:n_dev] if n_dev else None)
+        if devices is None:
+            local = min(jax.local_device_count(), len(chosen))
+        else:  # a topology: the devices of the first host
+            local = sum(d.process_index == chosen[0].process_index for d in chosen)
+        apply_preset(mesh_cfg, len(chosen), local_devices=local)
+    mesh = shd.make_mesh(tuple(mesh_cfg.shape), tuple(mesh_cfg.axes), devices=chosen,
+                         whole=len(chosen) == len(pool))
     rules = shd.get_rules(mesh_cfg.rules)
     dp = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
     accum, gb = int(train_cfg.grad_accum), int(train_cfg.batch_size)
@@ -189,6 +215,7 @@ def build_program(workload: Any, train_cfg: Any, mesh: Any, rules: Any,
     boxed_teacher = jax.eval_shape(workload.init_teacher, jax.random.key(0))
     frozen_sh = None if boxed_teacher is None else \
         shd.logical_shardings(boxed_teacher, mesh, rules)
+    frozen_abstract = None if boxed_teacher is None else shd.unbox(boxed_teacher)
     batch_sh = shd.batch_sharding(mesh, 1)  # [B, ...] arrays of any rank: rows split
     step_fn = jax.jit(
         make_train_step(workload, tx, schedule, int(train_cfg.grad_accum)),
@@ -196,7 +223,8 @@ def build_program(workload: Any, train_cfg: Any, mesh: Any, rules: Any,
         out_shardings=(shardings, shd.replicated(mesh)),
         donate_argnums=(0,),
     )
-    return Program(step_fn, abstract, shardings, frozen_sh, batch_sh, tx, schedule)
+    return Program(step_fn, abstract, shardings, frozen_sh, batch_sh, tx, schedule,
+                   frozen_abstract)
 
 
 class CompiledSteps:
@@ -216,8 +244,7 @@ class CompiledSteps:
         self._batch_sharding = batch_sharding
         if precompile:
             for shape in shapes:
-                self._compile({k: jax.ShapeDtypeStruct(s, np.dtype(d), sharding=batch_sharding)
-                               for k, (s, d) in shape.items()})
+                self._compile(batch_specs(shape, batch_sharding))
             sync_processes("kdjax_step_compiled")
 
     @staticmethod
