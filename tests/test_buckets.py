@@ -170,20 +170,3 @@ def test_equal_token_batches_hold_more_rows_when_shorter():
     step = batches.steps_per_epoch() + 3
     np.testing.assert_array_equal(batches.rows(step, np.arange(batches.batch_rows(step)))[
         "row_label"], again.rows(step, np.arange(again.batch_rows(step)))["row_label"])
-
-
-def test_feature_spread_is_zero_for_a_collapsed_encoder():
-    """feature_spread: ~0 when every row pools to the same vector, large for varied rows;
-    all-padding rows are ignored."""
-    import jax.numpy as jnp
-
-    from kdjax.train.workloads import feature_spread
-
-    rng = np.random.default_rng(0)
-    real = np.ones((6, 5), np.int32)
-    real[5] = 0  # a padding row: its (different) features must not count
-    constant = np.tile(rng.normal(size=(1, 1, 8)), (6, 5, 1)).astype(np.float32)
-    constant[5] = 100.0
-    assert float(feature_spread(jnp.asarray(constant), jnp.asarray(real))) < 1e-5
-    varied = rng.normal(size=(6, 5, 8)).astype(np.float32)
-    assert float(feature_spread(jnp.asarray(varied), jnp.asarray(real))) > 0.2

@@ -66,8 +66,7 @@ def _table(s: dict[str, Any]) -> str:
         f"           held-out corpus: generator MLM accuracy {held('gen_accuracy'):.3f}; "
         f"discriminator on replaced tokens: AUC {held('disc_auc'):.3f}, precision "
         f"{held('disc_precision'):.3f}, recall {held('disc_recall'):.3f} "
-        f"({held('replaced_fraction'):.1%} replaced; AUC 0.5 = no signal); sentence features "
-        f"spread {held('disc_feature_spread'):.2f} (~0 = collapsed)",
+        f"({held('replaced_fraction'):.1%} replaced; AUC 0.5 = no signal)",
         f"  student  {st['params']:>9,} params  {st['fp32_mb']:6.2f} MB fp32   "
         f"distill loss {sl.get('loss', nan):.4f} (held-out "
         f"{sl.get('heldout_loss', nan):.4f})  ({st['minutes']} min)",

@@ -233,7 +233,6 @@ class PretrainWorkload:
         return total, {
             "gen_loss": mlm, "disc_loss": rtd, "gen_accuracy": gen_acc,
             "sampling_temperature": temperature,
-            "disc_feature_spread": feature_spread(d_out.last_hidden_state, real),
             **detection_metrics(d_out.logits.astype(jnp.float32), labels > 0, real),
         }
 
@@ -241,27 +240,6 @@ class PretrainWorkload:
 def _masked_mean(x: Array, mask: Array) -> Array:
     mask = mask.astype(jnp.float32)
     return jnp.sum(x.astype(jnp.float32) * mask) / jnp.maximum(mask.sum(), 1.0)
-
-
-def feature_spread(hidden: Array, real: Array) -> Array:
-    """How much the rows' mean-pooled features differ: per feature, the standard deviation
-    over the rows, averaged, over the RMS of the pooled features. ~0 when every input maps to
-    the same vector (a collapsed encoder: a discriminator that found nothing to detect and
-    learned to ignore its input); a random-init encoder scores ~0.3-0.8.
-
-    Args:
-      hidden: [batch, length, hidden] the encoder's last hidden states.
-      real: [batch, length] 1 on real tokens.
-    Returns: a scalar.
-    """
-    mask = real.astype(jnp.float32)[..., None]
-    pooled = (hidden.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-    rows = (mask.sum((1, 2)) > 0).astype(jnp.float32)[:, None]  # all-padding rows do not count
-    n = jnp.maximum(rows.sum(), 1.0)
-    mean = (pooled * rows).sum(0) / n
-    std = jnp.sqrt(((pooled - mean) ** 2 * rows).sum(0) / n)
-    rms = jnp.sqrt((pooled ** 2 * rows).sum() / (n * pooled.shape[-1]))
-    return std.mean() / jnp.maximum(rms, 1e-9)
 
 
 def detection_metrics(logits: Array, replaced: Array, real: Array) -> dict[str, Array]:
