@@ -47,8 +47,8 @@ PLAN: dict[str, Any] = {
     "corpus_lines": 0,  # 0 = the whole corpus
     # pre-training: batch 32 x 128 tokens, lr 5e-4, 10% warm-up, the generator's sampling
     # temperature annealed from 100 (near-uniform replacements) to ELECTRA's 1 over the whole
-    # run. ELECTRA's T = 1 throughout collapsed the discriminator to the base rate and its
-    # features to a near-constant vector, at lr 2e-3 and 5e-4 alike, and those teachers
+    # run. With ELECTRA's T = 1 throughout, the discriminator stayed at the base rate (its
+    # loss the entropy of the replaced share) at lr 2e-3 and 5e-4 alike, and those teachers
     # fine-tuned at chance on NSMC (50.0, 52.3); see docs/training.md
     "pretrain": {"steps": 800, "batch": 32, "lr": 5e-4, "warmup": 80, "mlm": 0.15,
                  "temperature_start": 100.0, "temperature_anneal": 1.0},
