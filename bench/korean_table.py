@@ -231,6 +231,32 @@ def machine() -> str:
             f"{platform.python_implementation()} {platform.python_version()}")
 
 
+INT8_ROWS = 10_000  # NSMC test rows scored three ways per model (all 50,000: ~9 min a model)
+
+
+def int8_accuracy(root: Path, data_dir: Path, names: list[str]) -> list[dict[str, Any]]:
+    """NSMC accuracy of every fine-tuned NSMC model: Flax vs ONNX Runtime fp32 vs int8
+    (`kdjax.deploy.task_accuracy`), one JSON line per model in WORKDIR/report/int8.jsonl
+    (resumable: a model already there is not scored again)."""
+    from kdjax.deploy import task_accuracy
+
+    path = root / "report" / "int8.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
+        if path.exists() else []
+    done = {r["name"] for r in rows}
+    for name in names:
+        run = root / "report" / "runs" / name / "nsmc"
+        if name in done or not (run / "results.json").exists():
+            continue
+        r = {"name": name, **task_accuracy(run, data_dir / "nsmc", limit=INT8_ROWS,
+                                           batch_size=256, progress=False)}
+        with path.open("a") as f:
+            f.write(json.dumps(r) + "\n")
+        rows.append(r)
+        _log(f"int8 {name}: {r['kdjax']} -> fp32 {r['onnx_fp32']}, int8 {r['onnx_int8']}")
+    return [r for r in rows if r["name"] in names]
+
+
 # -- the results page ------------------------------------------------------------------------------
 LINEAR_TASKS = ("nsmc", "kohate", "question_pair", "kornli", "korsts")
 
@@ -262,6 +288,26 @@ def targets(report: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         out.append((f"{m['name']} >= {need:g} % of the teacher's average",
                     None if pct is None else pct >= need, "-" if pct is None else f"{pct:.1f} %"))
     return out
+
+
+def _int8_section(root: Path) -> list[str]:
+    path = root / "report" / "int8.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out = ["## int8 (ONNX Runtime dynamic quantization) on NSMC", "",
+           f"The NSMC models above, exported with `kdjax export --format onnx --quantize int8` "
+           f"and scored on the first {INT8_ROWS:,} test reviews (`kdjax.deploy.task_accuracy`; "
+           "docs/deploy.md):", "",
+           "| model | kdjax (Flax) | ORT fp32 | ORT int8 | int8 - fp32 | predictions kept | "
+           "int8 file MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m = r["metric"]
+        out.append(f"| {r['name']} | {r['kdjax'][m]:.2f} | {r['onnx_fp32'][m]:.2f} | "
+                   f"{r['onnx_int8'][m]:.2f} | {r['int8_delta']:+.2f} | "
+                   f"{100 * r.get('int8_agreement', float('nan')):.2f} % | "
+                   f"{r['sizes_mb'].get('int8', float('nan')):.2f} |")
+    return [*out, ""]
 
 
 def write_page(doc: Path, root: Path, report: dict[str, Any], stages: Stages,
@@ -333,6 +379,7 @@ def write_page(doc: Path, root: Path, report: dict[str, Any], stages: Stages,
         *[f"| {t} | {'yes' if ok else ('no' if ok is False else '-')} | {f} |"
           for t, ok, f in tgt],
         "",
+        *_int8_section(root),
         "## Claim",
         "",
         ("The paper's claim (every student keeps >= 97 % of the teacher's average) "
@@ -350,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", required=True, help="the Korean data folder (../shared/data/ko)")
     p.add_argument("--workdir", default="kdjax-korean-table")
     p.add_argument("--tasks", default="all")
-    p.add_argument("--stages", default="tokenizer,pretrain,distill,evaluate",
+    p.add_argument("--stages", default="tokenizer,pretrain,distill,evaluate,int8",
                    help="stop early with e.g. tokenizer,pretrain (a later run resumes)")
     p.add_argument("--doc", default="", help="write the results page here (docs/results.md)")
     p.add_argument("--no-progress", action="store_true")
@@ -415,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
                       load_15min=round(os.getloadavg()[2], 1))
     files = report["files"]
     print(Path(files["md"]).read_text(), flush=True)
+    if "int8" in wanted and "nsmc" in report["tasks"]:
+        t0, c0 = time.perf_counter(), _cpu()
+        int8_accuracy(root, data_dir, names)
+        if not stages.done("int8"):
+            stages.record("int8", time.perf_counter() - t0, _cpu() - c0,
+                          load_15min=round(os.getloadavg()[2], 1))
     if args.doc:
         write_page(Path(args.doc), root, report, stages, sys.argv)
         _log(f"wrote {args.doc}")
