@@ -400,7 +400,8 @@ def write_page(doc: Path, root: Path, report: dict[str, Any], stages: Stages,
         f"there). Pre-training: {json.dumps(PLAN['pretrain'])} (steps x batch x 128 tokens). "
         f"KD: {json.dumps(PLAN['kd'])}; LF-V1/V2/V3 from KD by SVD, then "
         f"{json.dumps(PLAN['lf'])}.",
-        "- Fine-tuning (`kdjax evaluate` overrides; full training splits, length buckets "
+        "- Fine-tuning (`kdjax evaluate` overrides; full training splits unless `task.limit_train` "
+        "caps them (the baseline row reads the same rows), length buckets "
         "16/32/64/128, best on dev or held-out train, scored once on the full test split): "
         f"`{' '.join(finetune_overrides(report['tasks']))}`.",
         "",
