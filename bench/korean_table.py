@@ -16,8 +16,12 @@ stage that was interrupted resumes from its checkpoints):
 4. fine-tuning: every model on every task with `kdjax evaluate` - full training data, length
    buckets, best checkpoint on dev (or held-out train), scores on the full test splits - and the
    report with the non-neural baseline row;
-5. with `--doc`: docs/results.md written from the run (command, machine, wall time per stage,
-   settings, the table, the plot, the claim line and the targets).
+5. int8: every fine-tuned NSMC model exported to ONNX and scored in Flax, ONNX Runtime fp32
+   and int8 (the first 10,000 test reviews; needs the `onnx` extra);
+6. with `--doc`: docs/results.md written from the run (command, machine, wall time per stage,
+   settings, the table, the plot, the targets, what the gaps say, int8, the claim line).
+
+`--plan JSON` merges into the PLAN below for experiments (the page prints the plan used).
 
 Model shapes: `configs/korean_table.py`. Step counts and per-task fine-tuning settings: the
 PLAN dict below (documented in the written page). Wall times are recorded per stage in
