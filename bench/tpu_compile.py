@@ -192,7 +192,7 @@ def render(done: dict[str, dict[str, Any]]) -> str:
                 f"{'?' if big is None else f'{big:,}'} | {_coll(rep['collectives'])} | "
                 f"{roof['step_s'] * 1e3:.1f} ({roof['bound']}) | "
                 f"{roof['tokens_per_s']:,.0f} | {roof['mfu_ceiling']:.0%} | "
-                f"{rep['compile_s']:.0f} |")
+                + ("-" if rep.get("compile_s") is None else f"{rep['compile_s']:.0f}") + " |")
         lines.append("")
     missing = [key(j) for j in jobs() if key(j) not in done]
     if missing:
