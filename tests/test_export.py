@@ -22,7 +22,8 @@ transformers = pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
+from flax.traverse_util import flatten_dict  # noqa: E402
+from model_helpers import random_params, train_tokenizer  # noqa: E402
 
 import kdjax  # noqa: E402
 import kdjax.hf  # noqa: E402
@@ -35,7 +36,6 @@ from kdjax.export import (  # noqa: E402
     to_hf,
 )
 from kdjax.models.config import EncoderConfig  # noqa: E402
-from kdjax.models.model import abstract_params  # noqa: E402
 
 TOL = 1e-5
 
@@ -86,14 +86,7 @@ AUTO = {
 # -- helpers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from kdjax.data.tokenizer import train_wordpiece
-
-    root = tmp_path_factory.mktemp("tok")
-    corpus = root / "ko.txt"
-    corpus.write_text("\n".join(KOREAN) + "\n", encoding="utf-8")
-    train_wordpiece([str(corpus)], root / "tokenizer", vocab_size=300, min_frequency=1,
-                    show_progress=False)
-    return root / "tokenizer"
+    return train_tokenizer(tmp_path_factory.mktemp("tok"), KOREAN)
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +100,6 @@ def make_config(name: str, head: str, vocab: int, **kw) -> EncoderConfig:
     labels = {"classification": 3, "token_classification": 5}.get(head, 2)
     return EncoderConfig.from_any({**BASE, **MODELS[name], "vocab_size": vocab, "head": head,
                                    "num_labels": labels, **kw})
-
-
-def random_params(cfg: EncoderConfig, seed: int = 0) -> dict:
-    """numpy params with the shapes of `cfg`; LayerNorm scales near 1, everything perturbed."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, spec in sorted(flatten_dict(abstract_params(cfg)).items()):
-        base = 1.0 if path[-1] == "scale" else 0.0
-        std = 0.1 if path[-1] in ("scale", "bias") else 0.15
-        flat[path] = (base + std * rng.standard_normal(spec.shape)).astype(np.float32)
-    return unflatten_dict(flat)
 
 
 def batch(vocab: int, seed: int = 0):

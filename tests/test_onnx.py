@@ -22,11 +22,11 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
+from model_helpers import random_params, train_tokenizer  # noqa: E402
 
 from kdjax import cli, deploy  # noqa: E402
 from kdjax.errors import ConfigError, KdjaxError  # noqa: E402
 from kdjax.models.config import EncoderConfig  # noqa: E402
-from kdjax.models.model import abstract_params  # noqa: E402
 
 TOL = 1e-4
 
@@ -63,14 +63,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from kdjax.data.tokenizer import train_wordpiece
-
-    root = tmp_path_factory.mktemp("tok")
-    corpus = root / "ko.txt"
-    corpus.write_text("\n".join(KOREAN) + "\n", encoding="utf-8")
-    train_wordpiece([str(corpus)], root / "tokenizer", vocab_size=300, min_frequency=1,
-                    show_progress=False)
-    return root / "tokenizer"
+    return train_tokenizer(tmp_path_factory.mktemp("tok"), KOREAN)
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +77,6 @@ def make_config(name: str, head: str, vocab: int, **kw) -> EncoderConfig:
     labels = {"classification": 3, "token_classification": 5}.get(head, 2)
     return EncoderConfig.from_any({**BASE, **MODELS[name], "vocab_size": vocab, "head": head,
                                    "num_labels": labels, **kw})
-
-
-def random_params(cfg: EncoderConfig, seed: int = 0) -> dict:
-    """numpy params of `cfg`; every tensor distinct (the exporter merges equal initializers)."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, spec in sorted(flatten_dict(abstract_params(cfg)).items()):
-        base = 1.0 if path[-1] == "scale" else 0.0
-        std = 0.1 if path[-1] in ("scale", "bias") else 0.15
-        flat[path] = (base + std * rng.standard_normal(spec.shape)).astype(np.float32)
-    return unflatten_dict(flat)
 
 
 def n_params(params: dict) -> int:
