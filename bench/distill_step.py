@@ -86,6 +86,9 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 }
 QUICK = ("tiny/paper_kd",)
 FULL = ("kd_small/paper_kd", "lf_v3/paper_kd", "kominilm/minilm", "tiny/paper_kd")
+# The PyTorch peer runs at its own defaults: its worker imports kdjax (data, objective config),
+# and kdjax's malloc settings (kdjax/host_heap.py) are kdjax's, not PyTorch's.
+TORCH_ENV = {"KDJAX_HOST_HEAP": "off"}
 SCALED_TEACHER = {"hidden_size": 384, "num_heads": 12, "intermediate_size": 1536,
                   "embedding_size": 384, "num_layers": 12}
 
@@ -217,6 +220,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
     import jax
     import numpy as np
 
+    from kdjax import host_heap
     from kdjax.data.corpus import local_rows, to_global
     from kdjax.flops import step_flops
     from kdjax.train.pretrain_distill import prepare
@@ -268,7 +272,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
         "devices": len(session.mesh.devices.flat), "batch": batch_size,
         "teacher": {k: getattr(t_cfg, k) for k in ("num_layers", "hidden_size", "num_heads",
                                                     "intermediate_size", "dtype")},
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "host_heap": host_heap.status(),
     }
 
 
@@ -741,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "kdjax":
                         ks.append(spawn({**job, "kind": "kdjax"}, kdjax_env(args.kdjax_devices)))
                     elif not args.no_torch:
-                        ts.append(spawn({**job, "kind": "torch"}))
+                        ts.append(spawn({**job, "kind": "torch"}, TORCH_ENV))
             main_results[name] = (merge_rounds(ks), None if args.no_torch else merge_rounds(ts))
         peaks.append(spawn({"kind": "peak", "n": n, "reps": reps, "threads": cores},
                            kdjax_env(1)))
@@ -758,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
         if b_scaling:
             job = {**job_for(scale_wl, batch), "sweep": [{"batch": b} for b in todo]}
             ks = _sweep(spawn({**job, "kind": "kdjax"}, kdjax_env(1))) if todo else []
-            ts = [] if args.no_torch or not todo else _sweep(spawn({**job, "kind": "torch"}))
+            ts = [] if args.no_torch or not todo else _sweep(
+                spawn({**job, "kind": "torch"}, TORCH_ENV))
             got = {b: (kk, tt) for b, kk, tt in zip(todo, ks, ts or [None] * len(ks))}
             if reuse:
                 got[batch] = reuse

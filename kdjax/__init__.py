@@ -12,7 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kdjax import host_heap as _host_heap
+
 __version__ = "0.1.0"
+
+# Before anything imports JAX and starts XLA's threads: keep XLA:CPU's per-step buffers in the
+# process's heap instead of mapping them from the OS every step (kdjax/host_heap.py).
+_host_heap.retain_host_heap()
 
 
 class _NoTorchNotice(logging.Filter):

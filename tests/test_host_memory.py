@@ -1,4 +1,4 @@
-"""Transparent-huge-page advice for XLA:CPU's per-step temporaries."""
+"""Advice for XLA:CPU's per-step temporaries when the host heap is not retained."""
 
 import logging
 
@@ -24,6 +24,8 @@ def test_advice_only_for_big_cpu_temporaries_without_thp():
     big = 1 << 30
     line = huge_page_advice(big, "cpu", "madvise")
     assert line is not None and "1024 MB" in line and "'madvise'" in line and "always" in line
+    assert "import kdjax before" in line
+    assert huge_page_advice(big, "cpu", "madvise", heap="on") is None  # the heap keeps it
     assert huge_page_advice(big, "cpu", "never") is not None
     assert huge_page_advice(big, "cpu", "always") is None
     assert huge_page_advice(big, "cpu", "") is None  # not Linux / unknown
@@ -35,6 +37,7 @@ def test_advise_on_compiled_logs_once(monkeypatch, caplog):
     monkeypatch.setattr(host_memory, "_advised", False)
     monkeypatch.setattr(host_memory, "thp_mode", lambda: "madvise")
     monkeypatch.setattr(host_memory, "ADVICE_MIN_TEMP_BYTES", 0)
+    monkeypatch.setattr(host_memory.host_heap, "status", lambda: "not applied (test)")
     compiled = jax.jit(lambda x: jnp.sin(x) @ x.T).lower(jnp.ones((64, 64))).compile()
     with caplog.at_level(logging.INFO, logger="kdjax.train.host_memory"):
         first = host_memory.advise_on_compiled(compiled, "cpu")

@@ -1,11 +1,13 @@
-"""Host-memory advice for XLA:CPU: transparent huge pages for the per-step temp buffer.
+"""Host-memory advice for XLA:CPU: the per-step temp buffer.
 
-XLA:CPU maps one fresh buffer for an executable's temporaries on every execution (about 1 GB for
-the kd_small distillation step at batch 16) and unmaps it afterwards. With the kernel's
-transparent huge pages (THP) in "madvise" or "never" mode that buffer is faulted in 4 KiB at a
-time: 265k page faults and ~0.7 s of system time per step on a 2-core EPYC, against ~850 faults
-and 0.16 s with THP "always" (docs/performance.md, "CPU: huge pages"). kdjax cannot madvise a
-mapping XLA owns, so it tells the user once, at compile time, when the setting would help.
+XLA:CPU allocates one fresh buffer for an executable's temporaries on every execution (about
+1 GB for the kd_small distillation step at batch 16) and frees it afterwards. `import kdjax`
+normally keeps that buffer in the process's heap (`kdjax.host_heap`: 0 page faults per step
+after the first). Where it could not (JAX's backend started before kdjax was imported, or
+`KDJAX_HOST_HEAP=off`), glibc maps the buffer from the OS every step, and with the kernel's
+transparent huge pages (THP) in "madvise" or "never" mode it is faulted in 4 KiB at a time:
+265k page faults and ~0.3-0.7 s per step on a 2-core EPYC (docs/performance.md, "CPU: the
+per-step buffer"). kdjax then says so once, at compile time, with the two ways out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
+from kdjax import host_heap
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +37,22 @@ def thp_mode(path: Path = THP_ENABLED) -> str:
     return text[text.index("[") + 1:text.index("]")]
 
 
-def huge_page_advice(temp_bytes: int, backend: str, mode: str) -> str | None:
+def huge_page_advice(temp_bytes: int, backend: str, mode: str,
+                     heap: str = "not applied") -> str | None:
     """The advice line for a step with `temp_bytes` of XLA temporaries, or None when moot.
 
-    Only XLA:CPU maps its temporaries per execution from the OS; GPU/TPU allocators keep theirs.
+    `heap`: `kdjax.host_heap.status()`; when "on" the buffer stays in the heap and nothing needs
+    saying. Only XLA:CPU allocates its temporaries per execution; GPU/TPU allocators keep theirs.
     """
-    if backend != "cpu" or mode not in ("madvise", "never") or temp_bytes < ADVICE_MIN_TEMP_BYTES:
+    if backend != "cpu" or heap == "on" or mode not in ("madvise", "never") \
+            or temp_bytes < ADVICE_MIN_TEMP_BYTES:
         return None
     return (
-        f"XLA:CPU maps {temp_bytes / 2**20:.0f} MB of temporaries for every step and "
-        f"transparent huge pages are '{mode}', so each step faults them in 4 KiB pages; "
-        f"`echo always | sudo tee {THP_ENABLED}` made the kd_small step ~10-20% faster "
-        f"(docs/performance.md)"
+        f"XLA:CPU allocates {temp_bytes / 2**20:.0f} MB of temporaries for every step and the "
+        f"host heap is not retained ({heap}), so with transparent huge pages '{mode}' each step "
+        f"faults them in 4 KiB pages: import kdjax before the first JAX computation (or run "
+        f"the kdjax CLI), or `echo always | sudo tee {THP_ENABLED}`; either made the kd_small "
+        f"step ~15-25% faster (docs/performance.md)"
     )
 
 
@@ -57,7 +65,7 @@ def advise_on_compiled(compiled: Any, backend: str) -> str | None:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)
     except Exception:  # noqa: BLE001 - memory analysis is optional in PjRt
         return None
-    advice = huge_page_advice(temp, backend, thp_mode())
+    advice = huge_page_advice(temp, backend, thp_mode(), host_heap.status())
     if advice:
         _advised = True
         log.info(advice)
