@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 from etils import epath
@@ -24,6 +25,24 @@ def _step_of(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def summary_writer_class() -> Any:
+    """tensorboardX's SummaryWriter, imported without PyTorch.
+
+    tensorboardX imports torch when it is installed, only to recognise torch tensors (kdjax
+    logs Python floats): 2 s before a run's first step. torch is hidden while tensorboardX
+    imports and visible again afterwards.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsWriter:
@@ -53,9 +72,7 @@ class MetricsWriter:
         self._tb = None
         if enabled and tensorboard:
             try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+                self._tb = summary_writer_class()(str(epath.Path(workdir) / "tensorboard"))
             except Exception:  # TensorBoard is a convenience; never fail a run over it
                 self._tb = None
 
