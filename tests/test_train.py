@@ -597,48 +597,6 @@ def test_student_init_from_a_model_dir_is_its_svd(distilled, pretrained, tmp_pat
                 tmp_path / "bad", "distill", progress=False)
 
 
-def test_step_compiled_in_background_is_taken_and_exact(pretrained, tmp_path):
-    """prepare() compiles the step in a thread while it makes the state and places the (loaded)
-    teacher; the run takes that executable when the real inputs have the abstract specs, and it
-    computes exactly what a foreground compile does. Other specs: not taken."""
-    import jax.numpy as jnp
-
-    from kdjax.data.corpus import local_rows, to_global
-    from kdjax.train.pretrain_distill import prepare
-    from kdjax.train.trainer import CompiledSteps, _specs
-
-    def first_batch(session):
-        rows = local_rows(session.batch_sharding, 8)
-        return to_global(session.batches.rows(0, rows), session.batch_sharding, 8)
-
-    config = distill_config(pretrained["workdir"], "train.steps=4")
-    session, _ = prepare(config, tmp_path / "a", "distill", progress=False)
-    assert session.background is not None
-    with session.context():
-        batch = first_batch(session)
-        specs = (_specs(session.state), _specs(session.frozen))
-        taken = session.background.take(CompiledSteps._key(batch), *specs)
-        assert taken is not None
-        assert session.background.take(CompiledSteps._key(batch), *specs) is None  # once
-        foreground = session.step_fn.lower(session.state, session.frozen, batch).compile()
-        copy = lambda: jax.tree_util.tree_map(jnp.copy, session.state)  # noqa: E731 - donated
-        _, m_bg = taken(copy(), session.frozen, batch)
-        _, m_fg = foreground(copy(), session.frozen, batch)
-    assert float(m_bg["loss"]) == float(m_fg["loss"])
-
-    session, _ = prepare(config, tmp_path / "b", "distill", progress=False)
-    with session.context():
-        batch = first_batch(session)
-        other = jax.tree_util.tree_map(lambda s: (s[0], np.dtype("float16"), s[2]),
-                                       _specs(session.frozen),
-                                       is_leaf=lambda x: isinstance(x, tuple))
-        assert session.background.take(CompiledSteps._key(batch), _specs(session.state),
-                                       other) is None
-        steps = session.compiled_steps()  # compiles in the foreground now, and runs
-        _, metrics = steps(session.state, session.frozen, batch)
-    assert np.isfinite(float(metrics["loss"]))
-
-
 @pytest.mark.slow
 def test_teacher_dirs_unchanged_after_all_runs(pretrained):
     assert tree_hash(pretrained["workdir"] / "model") == pretrained["hash"]

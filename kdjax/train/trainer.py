@@ -17,13 +17,11 @@ its step themselves); `run` is the loop.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -149,18 +147,10 @@ class Session:
     frozen: Any
     start: int
     ckpt: Checkpointer
-    background: BackgroundCompile | None = None
 
     @property
     def step_fn(self) -> Any:
         return self.program.step_fn
-
-    def compiled_steps(self, precompile: bool = False) -> CompiledSteps:
-        """The step compiled per batch shape, using what `prepare` compiled in the background.
-        Call inside `self.context()`."""
-        return CompiledSteps(self.step_fn, self.state, self.frozen, self.batches.shapes(),
-                             self.batch_sharding, precompile=precompile,
-                             background=self.background)
 
     @property
     def batches(self) -> Any:
@@ -237,58 +227,6 @@ def build_program(workload: Any, train_cfg: Any, mesh: Any, rules: Any,
                    frozen_abstract)
 
 
-class BackgroundCompile:
-    """The step compiled for every batch shape in a thread, from abstract inputs, while the
-    main thread initialises or restores the state and places the teacher.
-
-    XLA releases the GIL while it compiles, so the two overlap: on a 2-core CPU the kd_small
-    step's 15 s compile ran next to the 7 s state-init and 7 s teacher-init compiles
-    (docs/performance.md). `CompiledSteps` takes a result only when the real state and teacher
-    have exactly the abstract shapes, dtypes and shardings it was compiled for; a compile that
-    failed here is retried in the foreground, where its error surfaces as before.
-    """
-
-    def __init__(self, program: Program, shapes: Sequence[dict], mesh: Any, rules: Any):
-        self._jobs: dict[tuple, tuple[tuple, concurrent.futures.Future]] = {}
-        for shape in shapes:
-            args = program.abstract_args(shape)
-            self._jobs[CompiledSteps._key(args[2])] = (args, concurrent.futures.Future())
-        # A daemon thread, not an executor: Ctrl-C during initialisation must not wait for it.
-        threading.Thread(target=self._work, args=(program.step_fn, mesh, rules),
-                         name="kdjax-compile", daemon=True).start()
-
-    def _work(self, step_fn: Any, mesh: Any, rules: Any) -> None:
-        for args, future in list(self._jobs.values()):  # `take` pops from _jobs
-            try:
-                with mesh_context(mesh, rules):
-                    future.set_result(step_fn.lower(*args).compile())
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                future.set_exception(e)
-
-    def take(self, key: tuple, state_spec: Any, frozen_spec: Any) -> Any | None:
-        """The executable compiled for batch `key` (waits for it), or None when there is none,
-        it was compiled for other state / teacher specs, or its compile failed."""
-        job = self._jobs.pop(key, None)
-        if job is None:
-            return None
-        (state, frozen, _), future = job
-        try:
-            compiled = future.result()
-        except Exception as e:  # noqa: BLE001 - the foreground compile reports it
-            log.debug("background compile failed (%s); compiling in the foreground", e)
-            return None
-        if _specs(state) != state_spec or _specs(frozen) != frozen_spec:
-            log.debug("background compile used other input specs; compiling in the foreground")
-            return None
-        return compiled
-
-
-def _specs(tree: Any) -> Any:
-    """(shape, dtype, sharding) of every leaf, for comparing real and abstract inputs."""
-    return jax.tree_util.tree_map(lambda x: (tuple(x.shape), np.dtype(x.dtype), x.sharding),
-                                  tree)
-
-
 class CompiledSteps:
     """The step compiled ahead of time, once per batch shape (one per length bucket).
 
@@ -298,15 +236,12 @@ class CompiledSteps:
     """
 
     def __init__(self, step_fn: Any, state: Any, frozen: Any, shapes: Sequence[dict],
-                 batch_sharding: Any, precompile: bool,
-                 background: BackgroundCompile | None = None):
+                 batch_sharding: Any, precompile: bool):
         self._step_fn, self._frozen = step_fn, frozen
         self._compiled: dict[tuple, Any] = {}
         self._state_spec = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         self._batch_sharding = batch_sharding
-        self._background = background
-        self._specs = (_specs(state), _specs(frozen)) if background is not None else None
         if precompile:
             for shape in shapes:
                 self._compile(batch_specs(shape, batch_sharding))
@@ -319,19 +254,11 @@ class CompiledSteps:
     def _compile(self, batch: dict) -> Any:
         key = self._key(batch)
         if key not in self._compiled:
-            compiled = None
-            if self._background is not None:
-                compiled = self._background.take(key, *self._specs)
-            if compiled is None:
-                compiled = self._step_fn.lower(self._state_spec, self._frozen, batch).compile()
+            lowered = self._step_fn.lower(self._state_spec, self._frozen, batch)
+            compiled = lowered.compile()
             advise_on_compiled(compiled, jax.default_backend())
             self._compiled[key] = compiled
         return self._compiled[key]
-
-    def executable(self, batch: dict) -> Any:
-        """The compiled step for `batch`'s shapes (compiled now, or taken from the background
-        compile): `.cost_analysis()`, `.memory_analysis()`, callable like the step."""
-        return self._compile(batch)
 
     def __call__(self, state: Any, frozen: Any, batch: dict) -> Any:
         return self._compile(batch)(state, frozen, batch)
@@ -386,13 +313,9 @@ def prepare(plan: Plan, mesh: Any, rules: Any, workdir: str | epath.Path) -> Ses
     ckpt = open_checkpoints(workdir, plan.train)
     with mesh_context(mesh, rules):
         program = build_program(plan.workload, plan.train, mesh, rules, plan.batches.keys)
-        # One process: compile the step while the state and teacher are made (several
-        # processes compile in step before their first collective, in `run`).
-        background = BackgroundCompile(program, plan.batches.shapes(), mesh, rules) \
-            if jax.process_count() == 1 else None
         state, start = restore_or_init(plan, program, ckpt)
         frozen = place_teacher(plan, program)
-    return Session(plan, mesh, rules, workdir, program, state, frozen, start, ckpt, background)
+    return Session(plan, mesh, rules, workdir, program, state, frozen, start, ckpt)
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -503,7 +426,8 @@ def _run(session: Session, progress: bool) -> dict[str, Any]:
     prefetch = None
     try:
         with session.context(), preempt.installed():
-            step_fn = session.compiled_steps(precompile=jax.process_count() > 1)
+            step_fn = CompiledSteps(session.step_fn, state, frozen, batches.shapes(),
+                                    session.batch_sharding, precompile=jax.process_count() > 1)
             prefetch = Prefetcher(batches, session.batch_sharding, session.start)
             t_mark, tokens, rows = None, np.zeros(2), 0
             for step in range(session.start, steps):
