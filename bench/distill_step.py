@@ -560,7 +560,7 @@ def summarize(name: str, k: dict[str, Any], t: dict[str, Any] | None, peak_gf: f
         "kdjax_step_s": rnd(k["step_s_best"], 4), "kdjax_compile_s": rnd(k["compile_s"]),
         "kdjax_peak_rss_mb": rnd(k["peak_rss_mb"]),
         "pytorch_peak_rss_mb": rnd(t["peak_rss_mb"]) if torch_ok else None,
-        "kdjax_xla_temp_mb": rnd(k["xla_temp_mb"] or 0),
+        "kdjax_xla_temp_mb": rnd(k["xla_temp_mb"] or 0), "kdjax_host_heap": k.get("host_heap"),
         "kdjax_loss": [k["first_loss"], k["last_loss"]],
         "pytorch_loss": [t["first_loss"], t["last_loss"]] if torch_ok else None,
         "teacher": k["teacher"],
@@ -809,9 +809,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\npeak dense fp32 matmul: {peak():.1f} GFLOP/s ({measured}); load average "
           f"{info['load_avg_start']:.2f} at the start, {load_avg():.2f} at the end; "
           f"transparent huge pages: {info['transparent_hugepages'] or 'unknown'}")
-    if cpu and info["transparent_hugepages"] in ("madvise", "never"):
-        print("note: transparent huge pages are not 'always': XLA:CPU faults its per-step temp "
-              "buffer in 4 KiB pages (docs/performance.md, 'CPU: transparent huge pages')")
+    heaps = {r.get("kdjax_host_heap") for r in rows}
+    if cpu:
+        print(f"kdjax host heap (kdjax.host_heap): {', '.join(sorted(map(str, heaps)))}")
+    if cpu and info["transparent_hugepages"] in ("madvise", "never") and heaps != {"on"}:
+        print("note: the kdjax host heap is not retained and transparent huge pages are not "
+              "'always': XLA:CPU faults its per-step temp buffer in 4 KiB pages "
+              "(docs/performance.md, 'CPU: the per-step buffer')")
     if args.json_out:
         Path(args.json_out).write_text("\n".join(out_lines) + "\n")
     return 130 if interrupted else 0

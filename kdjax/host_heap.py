@@ -11,9 +11,11 @@ PyTorch never pays this.
 `retain_host_heap()` sets three malloc parameters with `mallopt` so that those buffers come from
 the main heap and stay there between steps: one arena (`M_ARENA_MAX=1`, so XLA's threads use the
 main heap), no `mmap` for large blocks (`M_MMAP_MAX=0`), and no trimming of the heap's free top
-below 2 GiB (`M_TRIM_THRESHOLD`). After the first step the page faults per step are 0 (measured
-in docs/performance.md). The price: the process keeps its peak heap instead of returning it,
-as PyTorch's caching allocator does.
+(`M_TRIM_THRESHOLD=-1`). After the first step the page faults per step are 0 (measured in
+docs/performance.md). The price: the process keeps its peak heap instead of returning it, as
+PyTorch's caching allocator does. (Trimming once after compiling, `malloc_trim(0)`, was
+measured and made it worse: the freed pages faulted back in, 5.0 GB peak RSS against 3.2 GB
+at batch 32.)
 
 `import kdjax` applies it before JAX starts its threads, when JAX will run on the CPU only
 (`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin installed); `KDJAX_HOST_HEAP=off` disables it and
@@ -35,7 +37,10 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the largest value it accepts (2 GiB)
+# -1: never trim the heap's top on free (mallopt(3)). A finite threshold is an int (< 2 GiB), and
+# the kd_small step's temporaries at batch 32 pass that: every step then trimmed and faulted
+# them again (609 tok/s against 1,100 at batch 16).
+TRIM_THRESHOLD = -1
 # Packages whose presence means JAX may run on an accelerator (then the host heap is left as is).
 ACCELERATOR_PLUGINS = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                        "jax_rocm7_plugin", "jax_plugins")

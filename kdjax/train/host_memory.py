@@ -50,9 +50,9 @@ def huge_page_advice(temp_bytes: int, backend: str, mode: str,
     return (
         f"XLA:CPU allocates {temp_bytes / 2**20:.0f} MB of temporaries for every step and the "
         f"host heap is not retained ({heap}), so with transparent huge pages '{mode}' each step "
-        f"faults them in 4 KiB pages: import kdjax before the first JAX computation (or run "
-        f"the kdjax CLI), or `echo always | sudo tee {THP_ENABLED}`; either made the kd_small "
-        f"step ~15-25% faster (docs/performance.md)"
+        f"faults them in 4 KiB pages: set KDJAX_HOST_HEAP=on and import kdjax before the first "
+        f"JAX computation (the kdjax CLI does), or `echo always | sudo tee {THP_ENABLED}`; "
+        f"either made the kd_small step ~15-25% faster (docs/performance.md)"
     )
 
 
