@@ -601,3 +601,23 @@ def test_student_init_from_a_model_dir_is_its_svd(distilled, pretrained, tmp_pat
 def test_teacher_dirs_unchanged_after_all_runs(pretrained):
     assert tree_hash(pretrained["workdir"] / "model") == pretrained["hash"]
     assert tree_hash(pretrained["workdir"] / "generator") == pretrained["gen_hash"]
+
+
+def test_pretrain_section_without_annealing_keys_uses_the_defaults():
+    """A hand-written `pretrain` section with only disc_weight / temperature (as configs made
+    before temperature annealing) builds the workload: no annealing, T as given."""
+    import ml_collections
+
+    from kdjax.train.pretrain_distill import make_workload
+
+    class Tokenizer:  # what MaskingSpec reads
+        mask_token_id = 4
+        all_special_ids = [0, 1, 2, 3, 4]
+
+    config = load_config(PRETRAIN)
+    config.pretrain = ml_collections.ConfigDict({"disc_weight": 25.0, "temperature": 2.0})
+    workload, *_ = make_workload(config, "pretrain", Tokenizer(), 512)
+    assert workload.temperature_start is None
+    assert float(workload.sampling_temperature(0)) == 2.0
+    launch = load_config(str(REPO / "launch" / "configs" / "kr_electra_pretrain.py"))
+    assert float(launch.pretrain.temperature_anneal) == 0.0

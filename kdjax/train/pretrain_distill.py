@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from kdjax.config_lib import pretrain_config
 from kdjax.data.corpus import StepBatches, resolve_sources, tokenize_corpus
 from kdjax.distill.objective import build_objective
 from kdjax.errors import ConfigError, DataError, KdjaxError
@@ -169,12 +170,14 @@ def make_workload(config: Any, kind: str, tokenizer: Any, vocab: int,
             {"teacher_config": t_cfg.to_dict()}
     d_cfg = _sized(config.discriminator, "discriminator", vocab)
     g_cfg = _sized(config.generator, "generator", vocab)
-    pre = config.pretrain
+    # A hand-written `pretrain` section may predate the annealing keys: `pretrain_config`'s
+    # defaults (no annealing) fill what it leaves out.
+    pre = {**pretrain_config().to_dict(), **config.pretrain.to_dict()}
     workload = PretrainWorkload(
         d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
-        disc_weight=float(pre.disc_weight), temperature=float(pre.temperature),
-        temperature_start=float(pre.temperature_start),
-        anneal_steps=int(float(pre.temperature_anneal) * int(config.train.steps)))
+        disc_weight=float(pre["disc_weight"]), temperature=float(pre["temperature"]),
+        temperature_start=float(pre["temperature_start"]),
+        anneal_steps=int(float(pre["temperature_anneal"]) * int(config.train.steps)))
     return workload, {"disc": d_cfg.to_dict(), "gen": g_cfg.to_dict()}, "disc", \
         {"tied": {"gen": {"embeddings": "disc"}}}
 

@@ -12,7 +12,13 @@ v5e (16 GiB chips).
 
 import ml_collections
 
-from kdjax.config_lib import data_config, load_config, mesh_config, train_config
+from kdjax.config_lib import (
+    data_config,
+    load_config,
+    mesh_config,
+    pretrain_config,
+    train_config,
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
         "name": "kr_electra_pretrain",
         "discriminator": {"model": disc},
         "generator": {"model": gen},
-        "pretrain": {"disc_weight": 50.0, "temperature": 1.0},
+        "pretrain": pretrain_config(),
         "data": data_config(files="corpus", max_length=128, tokenizer="tokenizer",
                             vocab_size=30000),
         "train": train_config(steps=1_000_000, batch_size=256, log_every=100, save_every=2000,
