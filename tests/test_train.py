@@ -619,5 +619,10 @@ def test_pretrain_section_without_annealing_keys_uses_the_defaults():
     workload, *_ = make_workload(config, "pretrain", Tokenizer(), 512)
     assert workload.temperature_start is None
     assert float(workload.sampling_temperature(0)) == 2.0
+    from kdjax.errors import ConfigError
+
+    config.pretrain = ml_collections.ConfigDict({"disc_weight": 50.0, "temprature": 2.0})
+    with pytest.raises(ConfigError, match="unknown pretrain config key.*temprature"):
+        make_workload(config, "pretrain", Tokenizer(), 512)
     launch = load_config(str(REPO / "launch" / "configs" / "kr_electra_pretrain.py"))
     assert float(launch.pretrain.temperature_anneal) == 0.0

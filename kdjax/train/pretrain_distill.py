@@ -170,9 +170,9 @@ def make_workload(config: Any, kind: str, tokenizer: Any, vocab: int,
             {"teacher_config": t_cfg.to_dict()}
     d_cfg = _sized(config.discriminator, "discriminator", vocab)
     g_cfg = _sized(config.generator, "generator", vocab)
-    # A hand-written `pretrain` section may predate the annealing keys: `pretrain_config`'s
-    # defaults (no annealing) fill what it leaves out.
-    pre = {**pretrain_config().to_dict(), **config.pretrain.to_dict()}
+    # Through `pretrain_config`: a hand-written section that predates the annealing keys gets
+    # their defaults (no annealing), and a misspelt key is an error naming it.
+    pre = pretrain_config(**config.pretrain.to_dict())
     workload = PretrainWorkload(
         d_cfg, g_cfg, MaskingSpec(tokenizer, vocab, masking_prob),
         disc_weight=float(pre["disc_weight"]), temperature=float(pre["temperature"]),
