@@ -21,9 +21,12 @@ devices differ. The compiled executable then says, per device:
   collectives  every all-reduce / all-gather / reduce-scatter / all-to-all / collective-permute
              of the optimized HLO (`compiled.as_text()`), counted per step (ops inside a
              gradient-accumulation loop count once per micro-batch) with their bytes
-  roofline   compute at the chip's bf16 peak, HBM traffic (`bytes accessed`) at its bandwidth,
-             collectives' wire bytes at its ICI bandwidth: the step can be no faster than the
-             largest of the three, which bounds tokens/s and MFU from above.
+  roofline   compute at the chip's bf16 peak, HBM traffic at its bandwidth, collectives' wire
+             bytes at its ICI bandwidth: the step can be no faster than the largest of the
+             three, which bounds tokens/s and MFU from above. HBM traffic is kdjax's count of
+             the optimized HLO (`hlo_costs`): operands and results in HBM only. XLA's
+             `bytes accessed` (reported beside it) also counts the operands XLA placed in the
+             on-chip VMEM (memory space S(1)), 6x the HBM count for kd_small on v5e.
 
 Topologies: libtpu's names (`v4:2x2x2`, `v5e:16x16`, `v5p:2x2x1`, `v6e:4x4`) or Cloud TPU
 accelerator types (`v4-32`, `v5litepod-16`, `v5e-256`, `v6e-8`). v4 and v5p are compiled with
@@ -395,22 +398,37 @@ def compile_target(target: Target) -> Compiled:
     program = build_program(target.workload, target.train, target.mesh, target.rules,
                             target.batch_keys)
     args = program.abstract_args(target.batch_shape)
-    with mesh_context(target.mesh, target.rules):
-        start = time.perf_counter()
-        lowered = program.step_fn.lower(*args)
-        try:
-            executable = lowered.compile()
-        except Exception as e:  # XLA's out-of-memory is a compile error on TPU
-            text = str(e).strip()
-            if "RESOURCE_EXHAUSTED" not in text:
-                raise
-            line = text.splitlines()[0].replace("RESOURCE_EXHAUSTED: ", "")
-            need = re.search(r"required[^(]*\(([^)]*)\)", line)
-            have = re.search(r"available HBM \(([^)]*)\)", line)
-            raise DoesNotFit(f"XLA: {line}", _xla_size(need.group(1)) if need else None,
-                             _xla_size(have.group(1)) if have else None, program,
-                             args) from None
+    import jax
+
+    # A compile-only topology has no client to load a cached executable with: with the
+    # persistent cache on (a training run earlier in the process turns it on), a repeated
+    # compile warned "Error reading persistent compilation cache entry" and compiled anyway.
+    cache_on = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        with mesh_context(target.mesh, target.rules):
+            start = time.perf_counter()
+            lowered = program.step_fn.lower(*args)
+            executable = _compile_or_oom(lowered, program, args)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_on)
     return Compiled(target, program, args, executable, time.perf_counter() - start)
+
+
+def _compile_or_oom(lowered: Any, program: Any, args: Any) -> Any:
+    """`lowered.compile()`; XLA's out-of-HBM error becomes `DoesNotFit`."""
+    try:
+        return lowered.compile()
+    except Exception as e:  # XLA's out-of-memory is a compile error on TPU
+        text = str(e).strip()
+        if "RESOURCE_EXHAUSTED" not in text:
+            raise
+        line = text.splitlines()[0].replace("RESOURCE_EXHAUSTED: ", "")
+        need = re.search(r"required[^(]*\(([^)]*)\)", line)
+        have = re.search(r"available HBM \(([^)]*)\)", line)
+        raise DoesNotFit(f"XLA: {line}", _xla_size(need.group(1)) if need else None,
+                         _xla_size(have.group(1)) if have else None, program,
+                         args) from None
 
 
 # -- the optimized HLO: argument bytes by role, collectives -----------------------------------
@@ -421,6 +439,7 @@ _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u1
 _ARRAY = re.compile(r"\b(?P<dtype>[a-z]+\d*[a-z0-9]*)\[(?P<dims>[\d,]*)\]"
                     r"(?:\{(?P<m2m>[\d,]*)(?::(?P<attrs>[^}]*))?\})?")
 _TILE = re.compile(r"T\(([\d,]+)\)")
+_SPACE = re.compile(r"S\((\d+)\)")
 _COMP_HEADER = re.compile(r"^(?P<entry>ENTRY\s+)?%(?P<name>[^\s(]+)\s.*\{\s*$")
 _CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)"
                      r"=%([^\s,)}]+)|branch_computations=\{([^}]*)\}")
@@ -443,14 +462,24 @@ def _arrays(type_text: str) -> list[tuple[str, tuple[int, ...], str | None, str 
     return out
 
 
-def array_bytes(type_text: str, padded: bool = False) -> int:
+def memory_space(attrs: str | None) -> int:
+    """The memory space of a TPU layout (`{1,0:T(8,128)S(1)}` -> 1): 0 is HBM; others are
+    on-chip (1 VMEM, and small scalar / semaphore spaces)."""
+    m = _SPACE.search(attrs or "")
+    return int(m.group(1)) if m else 0
+
+
+def array_bytes(type_text: str, padded: bool = False, hbm_only: bool = False) -> int:
     """Bytes of the arrays in an HLO type (`f32[32,64]{1,0:T(8,128)}`, or a tuple of them).
 
     `padded`: as laid out in TPU memory: the minor dimensions rounded up to the layout's first
     tile (T(8,128): rows to 8, columns to 128), which is what `memory_analysis()` counts.
+    `hbm_only`: only the arrays in HBM (memory space 0), not those XLA placed on chip.
     """
     total = 0.0
     for dtype, dims, m2m, attrs in _arrays(type_text):
+        if hbm_only and memory_space(attrs):
+            continue
         shape = list(dims)
         tile = _TILE.search(attrs or "") if padded else None
         if tile and shape:
@@ -484,20 +513,51 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
     return comps, entry
 
 
+# 2: the roofline's HBM term counts HBM-resident bytes only; 3: while loops stepping their
+# counter by more than 1 (TPU windowed einsums under fsdp) count their real trip count
+REPORT_VERSION = 3
+_CONST = re.compile(r"%(\S+)\s*=\s*[su](?:32|64)\[\]\S*\s+constant\((\d+)\)")
+
+
 def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
     """Iterations of a while loop: XLA's known_trip_count, else `i < N` in its condition with
-    the counter from 0 (how jax lowers lax.scan / fori_loop); 1 when neither is there."""
+    the counter from 0, stepped by the constant its body adds to it (1 for jax's lax.scan /
+    fori_loop; XLA's TPU windowed einsums, which overlap fsdp's all-gathers with the matmuls,
+    step a u32 counter by 2 over the shards); 1 when neither is there."""
     known = _TRIP.search(line)
     if known:
         return int(known.group(1))
     cond = re.search(r"condition=%([^\s,)}]+)", line)
-    body = comps.get(cond.group(1), []) if cond else []
-    consts = dict(re.findall(r"%(\S+)\s*=\s*s32\[\]\S*\s+constant\((\d+)\)",
-                             "\n".join(body)))
-    for text in body:
-        m = re.search(r"compare\(%\S+, %([^\s,)]+)\), direction=LT", text)
-        if text.lstrip().startswith("ROOT") and m and m.group(1) in consts:
-            return int(consts[m.group(1)])
+    cond_lines = comps.get(cond.group(1), []) if cond else []
+    consts = dict(_CONST.findall("\n".join(cond_lines)))
+    gtes = dict(re.findall(r"%(\S+)\s*=.*get-tuple-element\(\S+\), index=(\d+)",
+                           "\n".join(cond_lines)))
+    for text in cond_lines:
+        m = re.search(r"compare\(%([^\s,)]+), %([^\s,)]+)\), direction=LT", text)
+        if text.lstrip().startswith("ROOT") and m and m.group(2) in consts:
+            limit = int(consts[m.group(2)])
+            index = gtes.get(m.group(1))
+            step = _counter_step(line, comps, int(index)) if index is not None else 1
+            return max(1, -(-limit // step))
+    return 1
+
+
+def _counter_step(line: str, comps: dict[str, list[str]], index: int) -> int:
+    """What a while body adds to tuple element `index` each iteration (1 if not a constant)."""
+    body = re.search(r"body=%([^\s,)}]+)", line)
+    lines = comps.get(body.group(1), []) if body else []
+    root = next((t for t in lines if t.lstrip().startswith("ROOT") and " tuple(" in t), "")
+    if not root:
+        return 1
+    operands = re.findall(r"%([^\s,)]+)", root.split(" tuple(", 1)[1])
+    if index >= len(operands):
+        return 1
+    consts = dict(_CONST.findall("\n".join(lines)))
+    for text in lines:
+        m = re.match(r"\s*%(\S+)\s*=.*\sadd\(%([^\s,)]+), %([^\s,)]+)\)", text)
+        if m and m.group(1) == operands[index]:
+            step = consts.get(m.group(3)) or consts.get(m.group(2))
+            return max(1, int(step)) if step else 1
     return 1
 
 
@@ -608,8 +668,9 @@ def hlo_costs(hlo: str) -> dict[str, float]:
     gradient accumulation, `scan_layers`.
 
     FLOPs: 2 x MACs of every dot / convolution (convolutions as XLA counts them: valid window
-    positions only). Bytes: operands + results of the instructions outside fusions (each
-    fusion reads its operands from and writes its results to HBM).
+    positions only). Bytes: the HBM operands + results of the instructions outside fusions
+    (each fusion reads its operands from and writes its results to HBM, or to the on-chip
+    VMEM where XLA placed them: those do not count), and what prefetches move (`_hbm_bytes`).
     """
     comps, entry = _computations(hlo)
     mult = _multipliers(comps, entry)
@@ -645,13 +706,30 @@ def hlo_costs(hlo: str) -> dict[str, float]:
             out["flops_once"] += flops
             out["flops_per_step"] += flops * times
             if control and op not in _NOT_MEMORY and not op.endswith("-done"):
-                moved = array_bytes(out_type, padded=True) + sum(
-                    array_bytes(types.get(o, ""), padded=True) for o in operands)
+                moved = _hbm_bytes(op, out_type, [types.get(o, "") for o in operands])
                 out["bytes_once"] += moved
                 out["bytes_per_step"] += moved * times
                 by_op[_op_group(line)] = by_op.get(_op_group(line), 0.0) + moved * times
     out["top"] = sorted(by_op.items(), key=lambda kv: -kv[1])[:8]
     return out
+
+
+def _hbm_bytes(op: str, out_type: str, operand_types: list[str]) -> int:
+    """HBM bytes an instruction outside fusions reads and writes. Arrays XLA placed on chip
+    (VMEM) do not count: a fusion reading a prefetched weight reads VMEM, and the prefetch
+    itself (`copy-start` / `slice-start`: (source, destination, context)) moves its
+    destination's bytes across HBM once."""
+    if op in ("copy-start", "slice-start"):
+        arrays = _arrays(out_type)
+        if len(arrays) >= 2:
+            src, dst = arrays[0], arrays[1]
+            if memory_space(src[3]) and memory_space(dst[3]):
+                return 0  # on chip to on chip
+            size = dst if memory_space(dst[3]) else src
+            return array_bytes(f"{size[0]}[{','.join(map(str, size[1]))}]"
+                               f"{{{size[2] or ''}:{size[3] or ''}}}", padded=True)
+    return array_bytes(out_type, padded=True, hbm_only=True) + sum(
+        array_bytes(t, padded=True, hbm_only=True) for t in operand_types)
 
 
 def _op_group(line: str) -> str:
@@ -766,8 +844,9 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
              "bytes": own["bytes_per_step"] / own["bytes_once"] if own["bytes_once"] else 1.0}
     flops = float(cost.get("flops", 0.0)) * scale["flops"]
     accessed = float(cost.get("bytes accessed", 0.0)) * scale["bytes"]
+    hbm_traffic = float(own["bytes_per_step"])
     times = {"compute": flops / chip.bf16_flops,
-             "hbm": accessed / chip.hbm_bytes_per_s,
+             "hbm": hbm_traffic / chip.hbm_bytes_per_s,
              "ici": sum(c["wire_bytes"] for c in coll.values()) / chip.ici_bytes_per_s}
     bound = max(times, key=lambda k: times[k])
     step_s = times[bound]
@@ -805,7 +884,9 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
         "xla_flops_per_device": flops,
         "xla_flops_per_step": flops * devices,
         "analytic_flops_per_step": float(analytic),
+        # XLA's bytes accessed (every memory space) and kdjax's HBM-only count (the roofline's)
         "bytes_accessed_per_device": accessed,
+        "hbm_traffic_per_device": hbm_traffic,
         "loop_scale": {k: round(v, 4) for k, v in scale.items()},
         # where the HBM traffic comes from (kdjax's count of the HLO, by jax op_name)
         "hbm_traffic_top": [[name, int(b)] for name, b in own["top"]],
@@ -819,6 +900,7 @@ def analyze(result: Compiled, topo: Topology, config_name: str = "") -> dict[str
         },
         "chip": dataclasses.asdict(chip),
         "compile_s": round(result.seconds, 2),
+        "report_version": REPORT_VERSION,
     }
 
 
@@ -865,6 +947,9 @@ def render(r: dict[str, Any]) -> str:
     if not any(c["count"] for c in r["collectives"].values()):
         lines.append("    none")
     total_top = sum(b for _, b in r["hbm_traffic_top"]) or 1
+    lines.append(f"  HBM traffic per step and device: {_gb(r['hbm_traffic_per_device'])} "
+                 f"(XLA's bytes accessed, on-chip VMEM included: "
+                 f"{_gb(r['bytes_accessed_per_device'])})")
     lines.append("  HBM traffic by origin (kdjax's count of the optimized HLO): " + "; ".join(
         f"{name} {b / total_top:.0%}" for name, b in r["hbm_traffic_top"][:5]))
     tok = roof["tokens_per_s"]

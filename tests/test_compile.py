@@ -331,3 +331,90 @@ def test_presets_recommend_what_the_compile_showed(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["recommended"]["distill"] == {"shape": [16, 1, 1], "rules": "replicated"}
     assert set(out["recommended"]) == {"pretrain", "distill", "finetune"}
+
+
+def test_hbm_bytes_leave_out_on_chip_arrays():
+    """VMEM (memory space S(1)) operands are not HBM traffic; a prefetch moves its bytes once."""
+    from kdjax.tpu_compile import _hbm_bytes, memory_space
+
+    assert memory_space("1,0:T(8,128)S(1)") == 1 and memory_space("1,0:T(8,128)") == 0
+    assert array_bytes("(f32[8,128]{1,0:T(8,128)S(1)}, f32[8,128]{1,0:T(8,128)})",
+                       hbm_only=True) == 8 * 128 * 4
+    w, x = "bf16[192,768]{1,0:T(8,128)(2,1)S(1)}", "f32[16,768]{1,0:T(8,128)}"
+    # a fusion reading a prefetched weight from VMEM and x from HBM, writing HBM
+    assert _hbm_bytes("fusion", "f32[16,192]{1,0:T(8,128)}", [w, x]) == (16 * 256 + 16 * 768) * 4
+    # slice-start: ((operand), destination, sync): the slice crosses HBM once
+    start = "((bf16[768,768]{1,0:T(8,128)(2,1)}), " + w + ", s32[]{:S(2)})"
+    assert _hbm_bytes("slice-start", start, ["bf16[768,768]{1,0:T(8,128)(2,1)}"]) == 192 * 768 * 2
+    # copy-start: (source, destination, context), either order of HBM and VMEM
+    cp = "(u32[16]{0:T(128)}, u32[16]{0:T(128)S(1)}, u32[]{:S(2)})"
+    assert _hbm_bytes("copy-start", cp, ["u32[16]{0:T(128)}"]) == 128 * 4
+
+
+WINDOWED = """\
+HloModule jit_train_step, is_scheduled=true
+
+%cond (p: (u32[], f32[8,48], f32[48,64])) -> pred[] {
+  %p = TUPLE parameter(0)
+  %n = u32[]{:T(128)} constant(8)
+  %i = u32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT
+}
+
+%body (q: (u32[], f32[8,48], f32[48,64])) -> (u32[], f32[8,48], f32[48,64]) {
+  %q = TUPLE parameter(0)
+  %i = u32[]{:T(128)} get-tuple-element(%q), index=0
+  %x = f32[8,48]{1,0:T(8,128)} get-tuple-element(%q), index=1
+  %w = f32[48,64]{1,0:T(8,128)} get-tuple-element(%q), index=2
+  %d = f32[8,64]{1,0:T(8,128)} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %two = u32[]{:T(128)} constant(2)
+  %next = u32[]{:T(128)} add(%i, %two)
+  %cp = f32[48,64]{1,0:T(8,128)} collective-permute(%w), source_target_pairs={{0,1},{1,0}}
+  ROOT %t = TUPLE tuple(%next, %x, %cp)
+}
+
+ENTRY %main (x0: f32[8,48], w0: f32[48,64]) -> f32[48,64] {
+  %x0 = f32[8,48]{1,0:T(8,128)} parameter(0)
+  %w0 = f32[48,64]{1,0:T(8,128)} parameter(1)
+  %z = u32[]{:T(128)} constant(0)
+  %init = TUPLE tuple(%z, %x0, %w0)
+  %loop = TUPLE while(%init), condition=%cond, body=%body
+  ROOT %out = f32[48,64]{1,0:T(8,128)} get-tuple-element(%loop), index=2
+}
+""".replace("TUPLE", "(u32[]{:T(128)}, f32[8,48]{1,0:T(8,128)}, f32[48,64]{1,0:T(8,128)})")
+
+
+def test_windowed_einsum_loop_counts_its_iterations():
+    """XLA's TPU windowed einsums (fsdp) loop over the shards with a u32 counter stepped by 2
+    and no known_trip_count: `i < 8` stepping 2 is 4 iterations of the body's dot and permute."""
+    costs = hlo_costs(WINDOWED)
+    assert costs["flops_once"] == 2 * 8 * 48 * 64
+    assert costs["flops_per_step"] == 4 * costs["flops_once"]
+    assert collectives(WINDOWED, num_devices=2)["collective-permute"]["count"] == 4
+
+
+def test_bench_knows_the_report_version():
+    from kdjax.tpu_compile import REPORT_VERSION
+
+    text = (Path(__file__).resolve().parent.parent / "bench" / "tpu_compile.py").read_text()
+    assert f"REPORT_VERSION = {REPORT_VERSION}" in text
+
+
+def test_compile_with_the_persistent_cache_on(libtpu, xla_cache):
+    """A training run earlier in the process leaves JAX's persistent cache on; compiling for
+    a topology twice must neither warn (no client can load a cached TPU executable) nor leave
+    the setting changed."""
+    import warnings
+
+    import jax
+
+    from kdjax.config_lib import load_config
+    from kdjax.tpu_compile import compile_run
+
+    assert jax.config.jax_enable_compilation_cache
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            compile_run(load_config("configs/debug_distill.py"), "v5e:2x2")
+    assert not [w for w in caught if "compilation cache" in str(w.message)]
+    assert jax.config.jax_enable_compilation_cache
