@@ -12,7 +12,9 @@ Matmul FLOPs only, 2 per multiply-add; L = sequence length; per token unless nam
 A trained model costs 3 forwards (forward + backward ~ 3 forwards); a frozen teacher one.
 
   distill    teacher + 3 x student + losses: 3 x 2 H_s H_t per hidden pair (learned
-             projection), relation grams 2 L D per relation (teacher 1x, student 3x)
+             projection), relation grams 2 L D per relation (teacher 1x, student 3x); each
+             encoder only as deep as the objective reads it (`read_depth`: MiniLM's
+             last-layer attention leaves the last feed-forward block unused)
   pretrain   3 x (generator + discriminator with its head) + the generator's MLM head on the
              P = max_predictions(L) masked slots of a row: 3 x P/L x (2 H_g E + 2 E V)
   finetune   3 x the model (task heads are negligible); task KD adds the teacher's forward
@@ -29,14 +31,55 @@ def _proj(a: int, b: int, r: int) -> int:
     return 2 * r * (a + b) if r else 2 * a * b
 
 
-def encoder_flops(cfg: Any, length: int, logits: bool) -> int:
-    """Forward matmul FLOPs per token of one encoder (an `EncoderConfig`; see the module doc)."""
+def encoder_flops(cfg: Any, length: int, logits: bool,
+                  read: tuple[int, frozenset[str]] | None = None) -> int:
+    """Forward matmul FLOPs per token of one encoder (an `EncoderConfig`; see the module doc).
+
+    `read` = (full layers, parts of the next layer): the encoder only up to what an objective
+    reads (`read_depth`); XLA removes the rest as dead code. None: every layer."""
     h, i, e = cfg.hidden_size, cfg.intermediate_size, cfg.emb_size
     emb = (2 * cfg.embedding_rank * e if cfg.embedding_rank else 0) + (2 * e * h if e != h else 0)
     layer = (4 * _proj(h, h, cfg.attention_rank) + _proj(h, i, cfg.ffn_rank)
              + _proj(i, h, cfg.ffn_rank) + 4 * length * h)
     head = 2 * h * h + 2 * h if logits and cfg.head == "discriminator" else 0
-    return emb + cfg.num_layers * layer + head
+    if read is None or logits:
+        return emb + cfg.num_layers * layer + head
+    full, parts = read
+    partial = 0
+    if full < cfg.num_layers:
+        partial = sum(_proj(h, h, cfg.attention_rank) for p in ("q", "k", "v") if p in parts)
+        partial += 2 * length * h if "scores" in parts else 0
+    return emb + min(full, cfg.num_layers) * layer + partial
+
+
+# what a per-layer feature at layer index j (0 = the embeddings) needs of the encoder
+_PARTS = {"attention": {"q", "k", "scores"}, "attention_scores": {"q", "k", "scores"},
+          "q": {"q"}, "k": {"k"}, "v": {"v"}}
+
+
+def read_depth(objective: Any, who: str) -> tuple[int, frozenset[str]] | None:
+    """How much of the 'student' or 'teacher' encoder `objective` reads: (layers computed in
+    full, parts of the next one: q / k / v projections, attention scores), or None for all of
+    it (logits). A hidden-state term at index j needs j layers; an attention-type term at
+    layer j needs j - 1 layers and that layer's projections (MiniLM's last-layer attention and
+    values leave the teacher's and student's last feed-forward block unused)."""
+    if objective.model_kwargs(who)["compute_logits"]:
+        return None
+    full, parts = 0, set()
+    for term in objective.terms:
+        if term.feature == "labels":
+            continue
+        for pair in term.pairs or ((0, 0),):
+            j = pair[0] if who == "student" else pair[1]
+            if term.feature in _PARTS:
+                need_full, need = j - 1, _PARTS[term.feature]
+            else:  # hidden, embeddings
+                need_full, need = j, set()
+            if need_full > full:
+                full, parts = need_full, set(need)
+            elif need_full == full:
+                parts |= need
+    return full, frozenset(parts)
 
 
 def step_flops(objective: Any, t_cfg: Any, s_cfg: Any, length: int) -> dict[str, int]:
@@ -49,8 +92,8 @@ def step_flops(objective: Any, t_cfg: Any, s_cfg: Any, length: int) -> dict[str,
             loss += 3 * len(term.pairs) * 2 * s_cfg.hidden_size * t_cfg.hidden_size
         if term.loss in ("qkv_relation_kl", "value_relation_kl"):
             loss += len(term.pairs) * 2 * length * (t_cfg.hidden_size + 3 * s_cfg.hidden_size)
-    teacher = encoder_flops(t_cfg, length, t_logits)
-    student = 3 * encoder_flops(s_cfg, length, s_logits)
+    teacher = encoder_flops(t_cfg, length, t_logits, read_depth(objective, "teacher"))
+    student = 3 * encoder_flops(s_cfg, length, s_logits, read_depth(objective, "student"))
     return {"teacher": teacher, "student_x3": student, "losses": loss,
             "total": teacher + student + loss}
 
