@@ -16,12 +16,15 @@ KR-ELECTRA-base (109M params, 0.44 GB fp32, frozen: no gradients or optimizer st
 small student fit on any TPU chip, so `data` is the default choice; `fsdp` / `data_fsdp` trade
 some all-gather traffic for memory when batches or teachers grow.
 
-`RECOMMENDED` is what the compiled steps showed (`kdjax compile`, docs/scale.md): every paper
-recipe fits a v4, v5e or v6e chip with replicated parameters at 256 x 128 tokens a step, while
-fsdp saves little memory (the students are small, the teacher is frozen in bf16, and
-activations dominate) and adds hundreds of all-gathers plus the gradient reduce-scatter a step.
-So `data` for every kind of run; `data_fsdp` (FSDP inside a host, data parallel across hosts)
-when a batch beyond the data mesh's largest is wanted - pre-training on 16 GiB v5e chips.
+`RECOMMENDED` is what the compiled steps showed (`kdjax compile`, docs/scale.md, v4-32 with each
+mesh): every paper recipe fits a v4, v5e or v6e chip with replicated parameters at 256 x 128
+tokens a step. Distillation (kd_small, lf_v3, kominilm) is compute-bound at the same roofline
+step under every mesh (1.7-2.0 ms on v4-32), and `data` needs 2-3 collectives a step where
+fsdp issues 1,800-4,300 (the windowed einsums' collective-permutes) and data x fsdp ~400: so
+`data`. ELECTRA pre-training (110M discriminator + generator, all trained) is HBM-bound under
+`data` (7.4 ms: every chip updates all of AdamW's 1.3 GiB of state), and sharding the state
+pays: `data_fsdp` (FSDP inside a host, data parallel across hosts) 5.4 ms with 386
+collectives, `fsdp` 4.8 ms with 2,800; so `data_fsdp` for pre-training.
 
 `mesh_for("data_tensor:4", 16)` -> `{"shape": (4, 1, 4), "rules": "tensor"}`; a preset that
 does not fit the device count raises `ConfigError` naming the sizes that would.
@@ -99,7 +102,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-RECOMMENDED: dict[str, str] = {"pretrain": "data", "distill": "data", "finetune": "data"}
+RECOMMENDED: dict[str, str] = {"pretrain": "data_fsdp", "distill": "data", "finetune": "data"}
 
 
 @dataclasses.dataclass(frozen=True)

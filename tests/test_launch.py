@@ -541,6 +541,22 @@ def test_launch_recipe_config():
     assert "launch/configs/kr_electra_lf_v3.py" in (LAUNCH / "README.md").read_text()
 
 
+def test_launch_recipes_use_the_recommended_meshes():
+    """The launch recipes' meshes are presets.RECOMMENDED (what `kdjax compile` showed) on a
+    v4-32, so the README's commands run what docs/scale.md recommends."""
+    from kdjax.config_lib import load_config
+    from kdjax.presets import RECOMMENDED, apply_preset, mesh_for_slice
+
+    for name, kind in (("kr_electra_pretrain.py", "pretrain"), ("kr_electra_lf_v3.py",
+                                                                 "distill")):
+        mesh = load_config(str(LAUNCH / "configs" / name)).mesh
+        apply_preset(mesh, 16, local_devices=4)
+        want = mesh_for_slice(RECOMMENDED[kind], "v4-32")
+        got = tuple(16 if d == -1 else d for d in mesh.shape)
+        assert (got, mesh.rules) == (want["shape"], want["rules"]), name
+    assert RECOMMENDED["pretrain"] == "data_fsdp" and RECOMMENDED["distill"] == "data"
+
+
 def test_readme_commands_use_existing_flags():
     """Every launch/{tpu,setup,run}.sh command of launch/README.md passes --dry-run with the
     README's exported settings."""

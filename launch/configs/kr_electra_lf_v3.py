@@ -11,9 +11,10 @@ Paths are relative to the directory kdjax runs in (launch/setup.sh's remote dir,
 
 Batch: 256 sequences x 128 tokens = 32,768 tokens a step, 16 sequences per v4 chip with the
 default mesh (data parallel over all chips, parameters replicated). `kdjax compile` for a
-v4-32 (docs/scale.md): 0.83 GiB of a chip's 32 GiB, 3 all-reduces a step; fsdp saves 0.2 GiB
-a chip for ~300 all-gathers and a ring reduce-scatter of the gradients a step, so it does not
-pay here. Change the mesh with `--config.mesh.preset=...` (see kdjax/presets.py).
+v4-32 (docs/scale.md): 0.83 GiB of a chip's 32 GiB, 3 all-reduces a step, compute-bound at
+the same roofline step under every mesh; fsdp would add 4,266 collectives a step for 0.05 GiB
+a chip, so it does not pay here. Change the mesh with `--config.mesh.preset=...` (see
+kdjax/presets.py).
 """
 
 import ml_collections
