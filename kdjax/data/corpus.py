@@ -153,7 +153,9 @@ def tokenize_corpus(
     body = max_length - 2
     n_lines = 0
     texts = iter_texts(sources, text_field)
-    with tqdm(desc="tokenizing", unit=" lines", disable=not show_progress, leave=False) as bar:
+    # delay: a corpus tokenised in under a second shows no bar (in a log it left "0 lines")
+    with tqdm(desc="tokenizing", unit=" lines", disable=not show_progress, leave=False,
+              delay=1.0) as bar:
         for chunk in _chunks(texts, 1000):
             if limit_lines is not None:
                 chunk = chunk[: max(0, limit_lines - n_lines)]
