@@ -37,6 +37,7 @@ from kdjax.distill.mapping import layer_map
 from kdjax.errors import ConfigError
 from kdjax.models.config import EncoderConfig
 from kdjax.models.dense_dot import dense_matmul
+from kdjax.models.layers import partitioned_normal, partitioned_zeros
 from kdjax.models.model import EncoderOutput
 
 Array = jax.Array
@@ -329,10 +330,9 @@ class Objective:
         for i, term in enumerate(t for t in self.terms if t.projection):
             dense = nn.Dense(
                 d_out, param_dtype=self.student.weight_dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(self.student.initializer_range), ("embed2", "embed")
-                ),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                kernel_init=partitioned_normal(self.student.initializer_range,
+                                               ("embed2", "embed")),
+                bias_init=partitioned_zeros(("embed",)),
             )
             out[term.name] = dense.init(jax.random.fold_in(rng, i), jnp.zeros((1, d_in)))["params"]
         return out

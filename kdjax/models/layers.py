@@ -1,6 +1,6 @@
 """Building blocks shared by the encoder: dense / low-rank projections, embeddings, LayerNorm.
 
-Every parameter carries logical axis names (`nn.with_logical_partitioning`) so that a sharding is
+Every parameter carries logical axis names (`host_init.Recorded` boxes) so that a sharding is
 just a rules table (`kdjax.sharding`). Logical names used here:
   vocab, embed (hidden or embedding width), heads (the joined heads x head_dim width), mlp,
   rank (the inner dimension of a low-rank factorization), norm, labels, layers (scan axis).
@@ -17,20 +17,23 @@ import jax.numpy as jnp
 
 from kdjax.models.config import EncoderConfig
 from kdjax.models.dense_dot import dense_dot_general
+from kdjax.models.host_init import Init, recorded
 
 Array = jax.Array
 
 
+# Every kdjax parameter is created through these: logical axes for sharding, and the recorded
+# initialiser that lets the state be drawn on the host without an init program (host_init).
 def partitioned_normal(std: float, axes: tuple[str | None, ...]) -> Callable:
-    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+    return recorded(Init("normal", float(std)), axes)
 
 
 def partitioned_zeros(axes: tuple[str | None, ...]) -> Callable:
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+    return recorded(Init("zeros"), axes)
 
 
 def partitioned_ones(axes: tuple[str | None, ...]) -> Callable:
-    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+    return recorded(Init("ones"), axes)
 
 
 def factor_std(std: float, rank: int) -> float:

@@ -24,7 +24,7 @@ from kdjax.models.heads import (
     SequenceClassificationHead,
     TokenClassificationHead,
 )
-from kdjax.models.layers import Dense, Embeddings
+from kdjax.models.layers import Dense, Embeddings, partitioned_zeros
 
 Array = jax.Array
 
@@ -159,7 +159,7 @@ class EncoderModel(nn.Module):
             h = MaskedLMTransform(cfg, name="generator_head")(x)
             bias = self.param(
                 "generator_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                partitioned_zeros(("vocab",)),
                 (cfg.vocab_size,),
                 cfg.weight_dtype,
             )

@@ -2,8 +2,10 @@
 
 Built as maxtext/big_vision do: `jax.eval_shape` of the init gives the abstract state with
 logical axis metadata -> partition specs -> NamedShardings on the mesh -> the real state is
-created directly sharded by `jax.jit(init, out_shardings=...)`. Nothing is ever materialised
-on one device first, so a base-size model initialises on a pod as easily as on a laptop.
+created directly sharded: the params drawn on the host (`kdjax.models.host_init`) and placed
+shard by shard, the optimizer state by `jax.jit(tx.init, out_shardings=...)`. Nothing is ever
+materialised on one device first, so a base-size model initialises on a pod as easily as on a
+laptop.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import optax
 from jax.sharding import Mesh
 
 from kdjax import sharding as shd
+from kdjax.models import host_init
+from kdjax.train.placement import place
 
 
 @flax.struct.dataclass
@@ -63,8 +67,32 @@ def create_state(
     init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
     shardings: TrainState,
 ) -> TrainState:
-    """Initialise the state directly into its shardings."""
+    """Initialise the state directly into its shardings.
 
+    The params are drawn on the host (`host_init`: no init program to compile, the same values
+    on every process and mesh) and placed shard by shard; one small jitted program builds the
+    optimizer state from them (it donates them, so nothing is held twice). A model with a
+    parameter whose initialiser is not recorded falls back to the jitted `init_params`.
+    """
+    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    host = host_init.host_params(boxed, seed)
+    if host is None:
+        return _create_state_jitted(init_params, tx, seed, shardings)
+    params = place(host, shardings.params)
+    rng = jax.device_put(host_init.train_rng(seed), shardings.rng)
+
+    def init(params: Any, rng: jax.Array) -> TrainState:
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=rng,
+                          skipped_steps=zero, consecutive_skips=zero)
+
+    return jax.jit(init, out_shardings=shardings, donate_argnums=(0, 1))(params, rng)
+
+
+def _create_state_jitted(
+    init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
+    shardings: TrainState,
+) -> TrainState:
     def init(rng: jax.Array) -> TrainState:
         init_rng, train_rng = jax.random.split(rng)
         params = nn.meta.unbox(init_params(init_rng))
@@ -75,6 +103,17 @@ def create_state(
         )
 
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def random_params(init_params: Callable[[jax.Array], Any], seed: int, shardings: Any) -> Any:
+    """Randomly initialised params (a frozen random teacher) placed into `shardings`: drawn on
+    the host like `create_state`'s, else by the jitted init."""
+    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    host = host_init.host_params(boxed, seed)
+    if host is None:
+        return jax.jit(lambda k: nn.meta.unbox(init_params(k)), out_shardings=shardings)(
+            jax.random.key(seed))
+    return place(host, shardings)
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +43,7 @@ from kdjax.train.metrics import MetricsWriter
 from kdjax.train.optimizer import make_optimizer
 from kdjax.train.placement import cast_tree, mesh_context, overlay, place, sync_processes
 from kdjax.train.preemption import Preemption
-from kdjax.train.state import create_state, state_shardings, with_shardings
+from kdjax.train.state import create_state, random_params, state_shardings, with_shardings
 from kdjax.train.step import make_train_step
 
 log = logging.getLogger(__name__)
@@ -299,9 +298,8 @@ def place_teacher(plan: Plan, program: Program) -> Any:
     if plan.teacher is None or program.frozen_shardings is None:
         return None
     if isinstance(plan.teacher, str) and plan.teacher == "random":  # smoke tests only
-        return jax.jit(lambda k: nn.meta.unbox(plan.workload.init_teacher(k)),
-                       out_shardings=program.frozen_shardings)(
-            jax.random.key(int(plan.train.seed) + 1))
+        return random_params(plan.workload.init_teacher, int(plan.train.seed) + 1,
+                             program.frozen_shardings)
     return place(cast_tree(plan.teacher, plan.teacher_dtype), program.frozen_shardings)
 
 
