@@ -39,10 +39,12 @@ class TrainState:
 
 def state_shardings(
     init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh: Mesh,
-    rules: shd.Rules,
+    rules: shd.Rules, boxed: Any = None,
 ) -> tuple[TrainState, TrainState]:
-    """(abstract unboxed state, matching NamedShardings) without allocating anything."""
-    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    """(abstract unboxed state, matching NamedShardings) without allocating anything. `boxed`:
+    `jax.eval_shape(init_params, key)` when the caller has it already."""
+    if boxed is None:
+        boxed = jax.eval_shape(init_params, jax.random.key(0))
     param_sh = shd.logical_shardings(boxed, mesh, rules)
     abstract_params = shd.unbox(boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -65,16 +67,18 @@ def state_shardings(
 
 def create_state(
     init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
-    shardings: TrainState,
+    shardings: TrainState, boxed: Any = None,
 ) -> TrainState:
-    """Initialise the state directly into its shardings.
+    """Initialise the state directly into its shardings (`boxed`: the init's abstract boxed
+    params, when the caller has them).
 
     The params are drawn on the host (`host_init`: no init program to compile, the same values
     on every process and mesh) and placed shard by shard; one small jitted program builds the
     optimizer state from them (it donates them, so nothing is held twice). A model with a
     parameter whose initialiser is not recorded falls back to the jitted `init_params`.
     """
-    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    if boxed is None:
+        boxed = jax.eval_shape(init_params, jax.random.key(0))
     host = host_init.host_params(boxed, seed)
     if host is None:
         return _create_state_jitted(init_params, tx, seed, shardings)
@@ -105,10 +109,12 @@ def _create_state_jitted(
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
-def random_params(init_params: Callable[[jax.Array], Any], seed: int, shardings: Any) -> Any:
+def random_params(init_params: Callable[[jax.Array], Any], seed: int, shardings: Any,
+                  boxed: Any = None) -> Any:
     """Randomly initialised params (a frozen random teacher) placed into `shardings`: drawn on
     the host like `create_state`'s, else by the jitted init."""
-    boxed = jax.eval_shape(init_params, jax.random.key(0))
+    if boxed is None:
+        boxed = jax.eval_shape(init_params, jax.random.key(0))
     host = host_init.host_params(boxed, seed)
     if host is None:
         return jax.jit(lambda k: nn.meta.unbox(init_params(k)), out_shardings=shardings)(

@@ -115,6 +115,10 @@ class Program:
     tx: Any
     schedule: Any
     frozen_abstract: Any = None  # the teacher's ShapeDtypeStructs (its weight dtype), or None
+    # eval_shape of the workload's inits with their logical-axis boxes (traced once, reused by
+    # the host-side random init)
+    boxed_params: Any = None
+    boxed_teacher: Any = None
 
     def abstract_args(self, shape: dict[str, tuple[tuple[int, ...], str]]) -> tuple:
         """(state, teacher, batch) as ShapeDtypeStructs carrying their shardings, for
@@ -210,7 +214,8 @@ def build_program(workload: Any, train_cfg: Any, mesh: Any, rules: Any,
     `mesh_context`). The state is donated; the frozen teacher is a separate, non-donated input
     with its own shardings; batch arrays are split along the data-parallel mesh axes."""
     tx, schedule = make_optimizer(train_cfg)
-    abstract, shardings = state_shardings(workload.init, tx, mesh, rules)
+    boxed = jax.eval_shape(workload.init, jax.random.key(0))
+    abstract, shardings = state_shardings(workload.init, tx, mesh, rules, boxed=boxed)
     boxed_teacher = jax.eval_shape(workload.init_teacher, jax.random.key(0))
     frozen_sh = None if boxed_teacher is None else \
         shd.logical_shardings(boxed_teacher, mesh, rules)
@@ -223,7 +228,7 @@ def build_program(workload: Any, train_cfg: Any, mesh: Any, rules: Any,
         donate_argnums=(0,),
     )
     return Program(step_fn, abstract, shardings, frozen_sh, batch_sh, tx, schedule,
-                   frozen_abstract)
+                   frozen_abstract, boxed, boxed_teacher)
 
 
 class CompiledSteps:
@@ -284,7 +289,8 @@ def restore_or_init(plan: Plan, program: Program, ckpt: Checkpointer) -> tuple[A
         state, _, start = restored
         log.info("resumed from step %d (%s)", start, ckpt.directory)
         return state, start
-    state = create_state(plan.workload.init, program.tx, int(plan.train.seed), program.shardings)
+    state = create_state(plan.workload.init, program.tx, int(plan.train.seed), program.shardings,
+                         boxed=program.boxed_params)
     if plan.initial_params is not None:
         partial = plan.initial_params(program.abstract.params)
         if partial:
@@ -299,7 +305,7 @@ def place_teacher(plan: Plan, program: Program) -> Any:
         return None
     if isinstance(plan.teacher, str) and plan.teacher == "random":  # smoke tests only
         return random_params(plan.workload.init_teacher, int(plan.train.seed) + 1,
-                             program.frozen_shardings)
+                             program.frozen_shardings, boxed=program.boxed_teacher)
     return place(cast_tree(plan.teacher, plan.teacher_dtype), program.frozen_shardings)
 
 
