@@ -83,7 +83,7 @@ def create_state(
     if host is None:
         return _create_state_jitted(init_params, tx, seed, shardings)
     params = place(host, shardings.params)
-    rng = jax.device_put(host_init.train_rng(seed), shardings.rng)
+    rng = place(host_init.train_rng(seed), shardings.rng)  # global arrays on every process
 
     def init(params: Any, rng: jax.Array) -> TrainState:
         zero = jnp.zeros((), jnp.int32)
