@@ -13,9 +13,14 @@ import logging
 from typing import Any
 
 from kdjax import host_heap as _host_heap
+from kdjax import host_platform as _host_platform
 
 __version__ = "0.1.0"
 
+# Before JAX is imported: an installed accelerator plugin with no accelerator attached (libtpu on
+# a laptop) would make JAX probe for it on every run; run on the CPU JAX would end on anyway
+# (kdjax/host_platform.py). First, so that the host heap below sees the CPU-only platform.
+_host_platform.prefer_cpu_without_accelerator()
 # Before anything imports JAX and starts XLA's threads: keep XLA:CPU's per-step buffers in the
 # process's heap instead of mapping them from the OS every step (kdjax/host_heap.py).
 _host_heap.retain_host_heap()

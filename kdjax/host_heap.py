@@ -18,7 +18,8 @@ measured and made it worse: the freed pages faulted back in, 5.0 GB peak RSS aga
 at batch 32.)
 
 `import kdjax` applies it before JAX starts its threads, when JAX will run on the CPU only
-(`JAX_PLATFORMS=cpu`, or no GPU/TPU plugin installed); `KDJAX_HOST_HEAP=off` disables it and
+(`JAX_PLATFORMS=cpu`, which `kdjax.host_platform` sets when no accelerator is attached, or no
+GPU/TPU plugin installed); `KDJAX_HOST_HEAP=off` disables it and
 `KDJAX_HOST_HEAP=on` forces it. The arena limit holds only for threads that have not allocated
 yet, so it must run before the first JAX computation; `status()` says whether it did.
 No JAX import here: this module runs before JAX is imported.

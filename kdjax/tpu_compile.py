@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import glob
 import math
 import os
 import re
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from kdjax import host_platform
 from kdjax.errors import ConfigError, KdjaxError
 
 GiB = 2**30
@@ -154,8 +154,9 @@ def resolve_topology(name: str) -> Topology:
 
 
 def _no_attached_tpu() -> bool:
-    """No TPU chip on this host (TPU VMs expose /dev/accel* or /dev/vfio/N)."""
-    return not (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+    """No TPU chip on this host (TPU VMs expose /dev/accel* or /dev/vfio/N, and a Google PCI
+    device)."""
+    return not host_platform.attached("tpu")
 
 
 def use_host_platform() -> None:
