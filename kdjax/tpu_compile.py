@@ -400,12 +400,17 @@ def compile_target(target: Target) -> Compiled:
                             target.batch_keys)
     args = program.abstract_args(target.batch_shape)
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     # A compile-only topology has no client to load a cached executable with: with the
     # persistent cache on (a training run earlier in the process turns it on), a repeated
     # compile warned "Error reading persistent compilation cache entry" and compiled anyway.
+    # JAX decides once per process whether the cache is used (at its first compile, e.g. the
+    # CPU ops that build the program), so the setting alone is not enough: reset that decision
+    # on the way in and out.
     cache_on = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     try:
         with mesh_context(target.mesh, target.rules):
             start = time.perf_counter()
@@ -413,6 +418,7 @@ def compile_target(target: Target) -> Compiled:
             executable = _compile_or_oom(lowered, program, args)
     finally:
         jax.config.update("jax_enable_compilation_cache", cache_on)
+        compilation_cache.reset_cache()
     return Compiled(target, program, args, executable, time.perf_counter() - start)
 
 

@@ -412,9 +412,17 @@ def test_compile_with_the_persistent_cache_on(libtpu, xla_cache):
     from kdjax.tpu_compile import compile_run
 
     assert jax.config.jax_enable_compilation_cache
+    # a CPU compile first, as a training run does: from then on JAX treats the cache as in use
+    jax.jit(lambda x: x * 3.0)(jax.numpy.ones(7)).block_until_ready()
+    before = set(os.listdir(xla_cache))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
             compile_run(load_config("configs/debug_distill.py"), "v5e:2x2")
     assert not [w for w in caught if "compilation cache" in str(w.message)]
+    assert not [f for f in set(os.listdir(xla_cache)) - before if "train_step" in f]
     assert jax.config.jax_enable_compilation_cache
+    # and JAX uses the cache again for the CPU afterwards
+    from jax._src import compilation_cache as jax_cache
+
+    assert jax_cache.is_cache_used(jax.devices()[0].client)
