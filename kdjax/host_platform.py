@@ -120,8 +120,12 @@ def prefer_cpu_without_accelerator(environ: dict[str, str] | None = None) -> str
     returns `status()`."""
     global _status
     env = os.environ if environ is None else environ
-    plugins = installed_plugins()
-    choice = decide(env, plugins, jax_imported="jax" in sys.modules)
+    jax_imported = "jax" in sys.modules
+    # the plugin scan reads every installed distribution's metadata: skip it when the user
+    # chose the platforms or JAX is already running (`decide` leaves both alone anyway)
+    chosen = bool(env.get("JAX_PLATFORMS", "").strip()) or jax_imported
+    plugins = [] if chosen else installed_plugins()
+    choice = decide(env, plugins, jax_imported=jax_imported)
     if choice is None:
         _status = "left to JAX"
     else:

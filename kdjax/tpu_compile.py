@@ -154,8 +154,8 @@ def resolve_topology(name: str) -> Topology:
 
 
 def _no_attached_tpu() -> bool:
-    """No TPU chip on this host (TPU VMs expose /dev/accel* or /dev/vfio/N, and a Google PCI
-    device)."""
+    """No TPU chip on this host (TPU VMs expose /dev/accel* or /dev/vfio/N, and the chip on
+    the PCI bus)."""
     return not host_platform.attached("tpu")
 
 
