@@ -220,7 +220,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from kdjax import host_heap
+    from kdjax import cpu_compiler, host_heap
     from kdjax.data.corpus import local_rows, to_global
     from kdjax.flops import step_flops
     from kdjax.train.pretrain_distill import prepare
@@ -273,6 +273,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
         "teacher": {k: getattr(t_cfg, k) for k in ("num_layers", "hidden_size", "num_heads",
                                                     "intermediate_size", "dtype")},
         "peak_rss_mb": peak_rss_mb(), "host_heap": host_heap.status(),
+        "cpu_compiler": cpu_compiler.status(),
     }
 
 
@@ -561,6 +562,7 @@ def summarize(name: str, k: dict[str, Any], t: dict[str, Any] | None, peak_gf: f
         "kdjax_peak_rss_mb": rnd(k["peak_rss_mb"]),
         "pytorch_peak_rss_mb": rnd(t["peak_rss_mb"]) if torch_ok else None,
         "kdjax_xla_temp_mb": rnd(k["xla_temp_mb"] or 0), "kdjax_host_heap": k.get("host_heap"),
+        "kdjax_cpu_compiler": k.get("cpu_compiler"),
         "kdjax_loss": [k["first_loss"], k["last_loss"]],
         "pytorch_loss": [t["first_loss"], t["last_loss"]] if torch_ok else None,
         "teacher": k["teacher"],
@@ -811,7 +813,9 @@ def main(argv: list[str] | None = None) -> int:
           f"transparent huge pages: {info['transparent_hugepages'] or 'unknown'}")
     heaps = {r.get("kdjax_host_heap") for r in rows}
     if cpu:
-        print(f"kdjax host heap (kdjax.host_heap): {', '.join(sorted(map(str, heaps)))}")
+        print(f"kdjax host heap (kdjax.host_heap): {', '.join(sorted(map(str, heaps)))}; "
+              f"XLA:CPU (kdjax.cpu_compiler): "
+              f"{', '.join(sorted({str(r.get('kdjax_cpu_compiler')) for r in rows}))}")
     if cpu and info["transparent_hugepages"] in ("madvise", "never") and heaps != {"on"}:
         print("note: the kdjax host heap is not retained and transparent huge pages are not "
               "'always': XLA:CPU faults its per-step temp buffer in 4 KiB pages "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kdjax import cpu_compiler as _cpu_compiler
 from kdjax import host_heap as _host_heap
 from kdjax import host_platform as _host_platform
 
@@ -24,6 +25,9 @@ _host_platform.prefer_cpu_without_accelerator()
 # Before anything imports JAX and starts XLA's threads: keep XLA:CPU's per-step buffers in the
 # process's heap instead of mapping them from the OS every step (kdjax/host_heap.py).
 _host_heap.retain_host_heap()
+# Before XLA's first backend reads XLA_FLAGS: LLVM -O2 for CPU kernels, a third off a small
+# model's compile at the same step speed (kdjax/cpu_compiler.py).
+_cpu_compiler.prefer_quick_cpu_compile()
 
 
 class _NoTorchNotice(logging.Filter):

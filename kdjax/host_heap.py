@@ -110,13 +110,14 @@ def retain_host_heap(environ: dict[str, str] | None = None) -> str:
         return _status
     threads = _native_threads()
     # Threads that already allocated keep their arena; XLA's pool starts with the backend.
-    jax_started = "jax" in sys.modules and _backend_started()
+    jax_started = "jax" in sys.modules and backend_started()
     _status = "on" if not jax_started else (
         "on (late: JAX's CPU backend was already running; import kdjax before the first JAX "
         f"computation for the full effect; {threads} threads)")
     return _status
 
 
-def _backend_started() -> bool:
+def backend_started() -> bool:
+    """Whether JAX has started a backend in this process (without importing JAX)."""
     xb = sys.modules.get("jax._src.xla_bridge")
     return bool(getattr(xb, "_backends", None))
