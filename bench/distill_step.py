@@ -657,8 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return run_worker(args.worker)
 
+    # kdjax first: on a host without an accelerator it picks the CPU before JAX probes for one
+    # (no libtpu output), and the workers inherit that choice (kdjax/host_platform.py)
     import jax  # the driver only asks which backend the workers will get
 
+    import kdjax  # noqa: F401
     from kdjax.train.host_memory import thp_mode
 
     backend = jax.default_backend()

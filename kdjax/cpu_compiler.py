@@ -24,6 +24,7 @@ backend starts, so this must run before the first JAX computation.
 from __future__ import annotations
 
 import os
+import re
 
 from kdjax.host_heap import backend_started, cpu_only_jax
 
@@ -35,7 +36,8 @@ _status = "not checked"
 
 
 def status() -> str:
-    """What `prefer_quick_cpu_compile` did in this process."""
+    """What `prefer_quick_cpu_compile` did in this process: the level in effect and who set
+    it, or why it was left alone."""
     return _status
 
 
@@ -57,7 +59,9 @@ def prefer_quick_cpu_compile(environ: dict[str, str] | None = None) -> str:
         return _status
     flags = env.get("XLA_FLAGS", "")
     if FLAG in flags:
-        _status = f"not applied (XLA_FLAGS already sets {FLAG})"
+        # the user's choice, or a kdjax parent process's (its environment is inherited)
+        found = re.findall(rf"{FLAG}=(\S+)", flags)
+        _status = f"{FLAG}={found[-1] if found else '?'} (already in XLA_FLAGS)"
         return _status
     if environ is None and backend_started():
         _status = "not applied (JAX's backend started before kdjax was imported)"
@@ -67,5 +71,5 @@ def prefer_quick_cpu_compile(environ: dict[str, str] | None = None) -> str:
         return _status
     level = LEVEL if setting == "auto" else int(setting)
     env["XLA_FLAGS"] = f"{flags} {FLAG}={level}".strip()
-    _status = f"XLA_FLAGS {FLAG}={level}"
+    _status = f"{FLAG}={level} (set by kdjax)"
     return _status

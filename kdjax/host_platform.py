@@ -10,9 +10,11 @@ only after that; and because an accelerator *may* be in use, kdjax's host heap
 `prefer_cpu_without_accelerator()` runs at `import kdjax`, before JAX is imported: when
 `JAX_PLATFORMS` is unset, every installed plugin is one kdjax recognises (TPU, CUDA, ROCm) and
 none of their devices is attached, it sets `JAX_PLATFORMS=cpu`, the backend JAX would have ended
-on anyway. It changes nothing when the user set `JAX_PLATFORMS` or `JAX_FORCE_TPU_INIT`, when
-JAX is already imported, off Linux, when an unrecognised plugin is installed (e.g. Apple's
-Metal), or when any TPU / NVIDIA / AMD device is visible. TPU topology compiles
+on anyway. It changes nothing when the user set `JAX_PLATFORMS` (or JAX's `jax_platforms`
+config) or `JAX_FORCE_TPU_INIT`, when a JAX backend has already started, off Linux, when an
+unrecognised plugin is installed (e.g. Apple's Metal), or when any TPU / NVIDIA / AMD device is
+visible. `import jax` before `import kdjax` is fine while no computation has run: the choice
+then goes into JAX's config as well. TPU topology compiles
 (`kdjax compile`) need no TPU backend and keep working. No JAX import here.
 """
 
@@ -25,6 +27,8 @@ import os
 import pkgutil
 import sys
 from collections.abc import Iterable
+
+from kdjax.host_heap import backend_started
 
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 # TPU chips' PCI device ids (v3, -, v4, v5p, v5e, v6e, 7x), as jax/_src/hardware_utils.py lists
@@ -98,11 +102,11 @@ def attached(kind: str, root: str = "/") -> bool:
 
 
 def decide(environ: dict[str, str], plugins: Iterable[str], platform: str = sys.platform,
-           root: str = "/", jax_imported: bool = False) -> str | None:
+           root: str = "/", jax_started: bool = False) -> str | None:
     """The `JAX_PLATFORMS` value to set ("cpu"), or None to leave JAX's choice alone."""
     if environ.get("JAX_PLATFORMS", "").strip() or "JAX_FORCE_TPU_INIT" in environ:
         return None
-    if jax_imported or platform != "linux":
+    if jax_started or platform != "linux":
         return None
     plugins = list(plugins)
     if not plugins:
@@ -120,15 +124,21 @@ def prefer_cpu_without_accelerator(environ: dict[str, str] | None = None) -> str
     returns `status()`."""
     global _status
     env = os.environ if environ is None else environ
-    jax_imported = "jax" in sys.modules
+    # `import jax` before `import kdjax` is fine as long as no backend has started: JAX reads
+    # JAX_PLATFORMS into its config at import, so the choice then goes into the config too
+    jax_module = sys.modules.get("jax")
+    jax_started = jax_module is not None and (
+        backend_started() or bool(getattr(jax_module.config, "jax_platforms", None)))
     # the plugin scan reads every installed distribution's metadata: skip it when the user
     # chose the platforms or JAX is already running (`decide` leaves both alone anyway)
-    chosen = bool(env.get("JAX_PLATFORMS", "").strip()) or jax_imported
+    chosen = bool(env.get("JAX_PLATFORMS", "").strip()) or jax_started
     plugins = [] if chosen else installed_plugins()
-    choice = decide(env, plugins, jax_imported=jax_imported)
+    choice = decide(env, plugins, jax_started=jax_started)
     if choice is None:
         _status = "left to JAX"
     else:
         env["JAX_PLATFORMS"] = choice
+        if jax_module is not None and environ is None:
+            jax_module.config.update("jax_platforms", choice)
         _status = f"JAX_PLATFORMS={choice} ({', '.join(plugins)} installed, no device attached)"
     return _status

@@ -62,7 +62,7 @@ def test_the_users_choice_and_unknown_plugins_are_respected(tmp_path: Path) -> N
     assert hp.decide({"JAX_FORCE_TPU_INIT": "1"}, ["libtpu"], "linux", root) is None
     assert hp.decide({}, ["libtpu", "metal_plugin"], "linux", root) is None
     assert hp.decide({}, ["libtpu"], "darwin", root) is None
-    assert hp.decide({}, ["libtpu"], "linux", root, jax_imported=True) is None
+    assert hp.decide({}, ["libtpu"], "linux", root, jax_started=True) is None
     assert hp.decide({}, [], "linux", root) is None  # CPU-only jaxlib: nothing to do
 
 
@@ -70,7 +70,7 @@ def test_prefer_cpu_sets_the_variable_only_when_decided(monkeypatch: pytest.Monk
     monkeypatch.setattr(hp, "installed_plugins", lambda: ["libtpu"])
     monkeypatch.setattr(hp, "attached", lambda kind, root="/": False)
     env: dict[str, str] = {}
-    # JAX is imported in this test process, so nothing may change here...
+    # JAX's platforms are chosen in this test process (conftest), so nothing may change here...
     assert hp.prefer_cpu_without_accelerator(env) == "left to JAX" and env == {}
     # ...and before JAX it sets the CPU platform
     monkeypatch.delitem(sys.modules, "jax")
@@ -78,21 +78,26 @@ def test_prefer_cpu_sets_the_variable_only_when_decided(monkeypatch: pytest.Monk
     assert env == {"JAX_PLATFORMS": "cpu"}
 
 
-def test_a_new_process_without_jax_platforms(tmp_path: Path) -> None:
-    """`import kdjax` in a fresh process with JAX_PLATFORMS unset: on a host with no
-    accelerator JAX ends on the CPU, with the host heap on and no libtpu probing output."""
+@pytest.mark.parametrize("imports", ["kdjax, jax", "jax, kdjax"])
+def test_a_new_process_without_jax_platforms(tmp_path: Path, imports: str) -> None:
+    """`import kdjax` in a fresh process with JAX_PLATFORMS unset, before or after `import jax`
+    (before any computation): on a host with no accelerator JAX ends on the CPU, with the host
+    heap on, XLA:CPU at -O2 and no libtpu probing output."""
     if sys.platform != "linux" or any(hp.attached(k) for k in ("tpu", "cuda", "rocm")):
         pytest.skip("an accelerator is attached, or not Linux (the heap needs glibc)")
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_PLATFORMS", "XLA_FLAGS", "KDJAX_CPU_OPT_LEVEL")}
     env["KDJAX_HOST_HEAP"] = "auto"
-    code = ("import kdjax, jax; print(jax.devices()[0].platform); "
-            "print(kdjax.host_platform.status()); print(kdjax.host_heap.status())")
+    code = (f"import {imports}; print(jax.devices()[0].platform); "
+            "print(kdjax.host_platform.status()); print(kdjax.host_heap.status()); "
+            "print(kdjax.cpu_compiler.status())")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    platform, platform_status, heap = out.stdout.strip().splitlines()
+    platform, platform_status, heap, compiler = out.stdout.strip().splitlines()
     assert platform == "cpu"
     assert heap == "on"
+    assert "level=2 (set by kdjax)" in compiler, compiler
     if hp.installed_plugins():
         assert platform_status.startswith("JAX_PLATFORMS=cpu"), platform_status
         assert "TPU accelerator type" not in out.stderr
