@@ -30,6 +30,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (a fresh page's first touch counts one)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def cpu_model() -> str:
     """`lscpu`'s model name (falls back to /proc/cpuinfo)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
