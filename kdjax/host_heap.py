@@ -110,8 +110,7 @@ def retain_host_heap(environ: dict[str, str] | None = None) -> str:
         return _status
     threads = _native_threads()
     # Threads that already allocated keep their arena; XLA's pool starts with the backend.
-    jax_started = "jax" in sys.modules and backend_started()
-    _status = "on" if not jax_started else (
+    _status = "on" if not backend_started() else (
         "on (late: JAX's CPU backend was already running; import kdjax before the first JAX "
         f"computation for the full effect; {threads} threads)")
     return _status

@@ -129,8 +129,8 @@ def prefer_cpu_without_accelerator(environ: dict[str, str] | None = None) -> str
     jax_module = sys.modules.get("jax")
     jax_started = jax_module is not None and (
         backend_started() or bool(getattr(jax_module.config, "jax_platforms", None)))
-    # the plugin scan reads every installed distribution's metadata: skip it when the user
-    # chose the platforms or JAX is already running (`decide` leaves both alone anyway)
+    # the plugin scan reads every installed distribution's metadata: skip it when the platforms
+    # are chosen (environment or JAX's config) or a backend runs (`decide` leaves those alone)
     chosen = bool(env.get("JAX_PLATFORMS", "").strip()) or jax_started
     plugins = [] if chosen else installed_plugins()
     choice = decide(env, plugins, jax_started=jax_started)
