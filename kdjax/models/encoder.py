@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from kdjax.errors import ConfigError
 from kdjax.models.config import EncoderConfig
+from kdjax.models.dropout import dropout
 from kdjax.models.layers import LayerNorm, activation, projection
 
 Array = jax.Array
@@ -54,8 +55,14 @@ class SelfAttention(nn.Module):
         return not self.outputs.needs_maps and not dropout_active
 
     @nn.compact
-    def __call__(self, x: Array, mask_bias: Array, key_mask: Array) -> tuple[Array, dict]:
-        """x [B, L, H]; mask_bias [B, 1, 1, L] additive fp32; key_mask [B, L] bool."""
+    def __call__(
+        self, x: Array, mask_bias: Array, key_mask: Array, dropout_key: Array | None = None
+    ) -> tuple[Array, dict]:
+        """x [B, L, H]; mask_bias [B, 1, 1, L] additive fp32; key_mask [B, L] bool.
+
+        `dropout_key` (the layer's; stream 0 is the attention probabilities') is needed when
+        not deterministic and attention_dropout > 0.
+        """
         cfg = self.config
         batch, length, _ = x.shape
         heads, head_dim = cfg.num_heads, cfg.head_dim
@@ -90,7 +97,10 @@ class SelfAttention(nn.Module):
                 extras["attention_scores"] = scores
             if self.outputs.attentions:
                 extras["attentions"] = probs
-            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
+            if not self.deterministic and cfg.attention_dropout > 0:
+                if dropout_key is None:
+                    dropout_key = self.make_rng("dropout")
+                probs = dropout(probs, cfg.attention_dropout, dropout_key, stream=0)
             context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         if self.outputs.qkv:
             to_heads = lambda t: jnp.swapaxes(t, 1, 2)  # [B, heads, L, d] like transformers
@@ -110,17 +120,25 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask_bias: Array, key_mask: Array) -> tuple[Array, dict]:
         cfg = self.config
-        drop = lambda t: nn.Dropout(cfg.hidden_dropout)(t, deterministic=self.deterministic)
+        # One key per layer (one key derivation), an independent mask stream per dropout site.
+        active = not self.deterministic and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0)
+        key = self.make_rng("dropout") if active else None
+
+        def drop(t: Array, stream: int) -> Array:
+            if self.deterministic or key is None:
+                return t
+            return dropout(t, cfg.hidden_dropout, key, stream)
+
         attn, extras = SelfAttention(cfg, self.outputs, self.deterministic, name="attention")(
-            x, mask_bias, key_mask
+            x, mask_bias, key_mask, key
         )
-        h = LayerNorm(cfg, name="attention_norm")(x + drop(attn))
+        h = LayerNorm(cfg, name="attention_norm")(x + drop(attn, 1))
         rank = cfg.ffn_rank
         f = projection(cfg.intermediate_size, rank, ("embed", "mlp"), cfg, "intermediate")(h)
         f = activation(cfg.hidden_act)(f)
         f = nn.with_logical_constraint(f, ("batch", "length", "act_mlp"))
         f = projection(cfg.hidden_size, rank, ("mlp", "embed"), cfg, "output")(f)
-        h = LayerNorm(cfg, name="output_norm")(h + drop(f))
+        h = LayerNorm(cfg, name="output_norm")(h + drop(f, 2))
         h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
         if self.outputs.hidden_states:
             extras["hidden_states"] = h

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.models.config import EncoderConfig
+from kdjax.models.dropout import Dropout
 from kdjax.models.layers import Dense, LayerNorm, activation
 
 Array = jax.Array
@@ -49,7 +50,7 @@ class SequenceClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, h: Array, deterministic: bool = True) -> Array:
         cfg = self.config
-        drop = lambda t: nn.Dropout(cfg.cls_dropout)(t, deterministic=deterministic)
+        drop = lambda t: Dropout(cfg.cls_dropout)(t, deterministic=deterministic)
         x = h[:, 0]
         if cfg.family == "bert":
             x = jnp.tanh(Dense(cfg.hidden_size, ("embed", "embed2"), cfg, name="pooler")(x))
@@ -67,7 +68,7 @@ class TokenClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, h: Array, deterministic: bool = True) -> Array:
         cfg = self.config
-        h = nn.Dropout(cfg.cls_dropout)(h, deterministic=deterministic)
+        h = Dropout(cfg.cls_dropout)(h, deterministic=deterministic)
         return Dense(cfg.num_labels, ("embed", "labels"), cfg, name="classifier")(h)
 
 

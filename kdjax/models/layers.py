@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from kdjax.models.config import EncoderConfig
 from kdjax.models.dense_dot import dense_dot_general
+from kdjax.models.dropout import Dropout
 from kdjax.models.host_init import Init, recorded
 
 Array = jax.Array
@@ -197,7 +198,7 @@ class Embeddings(nn.Module):
             embedding_init=partitioned_normal(cfg.initializer_range, (None, "embed")),
         )
         self.LayerNorm = LayerNorm(cfg)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array) -> Array:
         x = self.word_embeddings(input_ids)
