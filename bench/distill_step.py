@@ -224,6 +224,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
     from kdjax.data.corpus import local_rows, to_global
     from kdjax.flops import step_flops
     from kdjax.train.pretrain_distill import prepare
+    from kdjax.train.trainer import CompiledSteps
 
     config, t_cfg, s_cfg = model_configs(job)
     t0 = time.perf_counter()
@@ -235,7 +236,12 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
             rows = local_rows(session.batch_sharding, batch_size)
             batches = [to_global(session.batches.rows(s, rows), session.batch_sharding,
                                  batch_size) for s in range(4)]
-            compiled = session.step_fn.lower(session.state, session.frozen, batches[0]).compile()
+            # the trainer's step runner: on XLA:CPU with large temporaries it waits for each
+            # step before the next (kdjax.train.host_memory.sync_each_step), as a run does
+            step_runner = CompiledSteps(session.step_fn, session.state, session.frozen, [],
+                                        session.batch_sharding, precompile=False)
+            compiled = step_runner.compiled(batches[0])
+            syncs = step_runner.syncs(batches[0])
             compile_s = time.perf_counter() - t0
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -247,8 +253,8 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
                        f"dev={job['devices']}", job["progress"])
 
             def run_step(i: int) -> Any:
-                carry["state"], metrics = compiled(carry["state"], frozen,
-                                                   batches[i % len(batches)])
+                carry["state"], metrics = step_runner(carry["state"], frozen,
+                                                      batches[i % len(batches)])
                 return metrics
 
             first_loss = None
@@ -280,6 +286,7 @@ def _kdjax_one(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(), "host_heap": host_heap.status(),
         "cpu_compiler": cpu_compiler.status(),
         "warmup_faults": warmup_faults, "faults_per_step": round(timed_faults),
+        "sync_each_step": syncs,
     }
 
 
@@ -571,6 +578,7 @@ def summarize(name: str, k: dict[str, Any], t: dict[str, Any] | None, peak_gf: f
         "kdjax_cpu_compiler": k.get("cpu_compiler"),
         "kdjax_warmup_faults": k.get("warmup_faults"),
         "kdjax_faults_per_step": k.get("faults_per_step"),
+        "kdjax_sync_each_step": k.get("sync_each_step"),
         "kdjax_loss": [k["first_loss"], k["last_loss"]],
         "pytorch_loss": [t["first_loss"], t["last_loss"]] if torch_ok else None,
         "teacher": k["teacher"],

@@ -45,3 +45,46 @@ def test_advise_on_compiled_logs_once(monkeypatch, caplog):
     assert first is not None and second is None
     assert sum("transparent huge pages" in r.message for r in caplog.records) == 1
     assert host_memory.advise_on_compiled(compiled, "tpu") is None
+
+
+class _FakeCompiled:
+    def __init__(self, temp: int | None):
+        self.temp = temp
+
+    def memory_analysis(self):
+        if self.temp is None:
+            raise NotImplementedError("no memory analysis on this PjRt client")
+        return type("Mem", (), {"temp_size_in_bytes": self.temp})()
+
+
+def test_sync_each_step_only_for_big_cpu_temporaries():
+    big = _FakeCompiled(ADVICE_MIN_TEMP_BYTES)
+    assert host_memory.sync_each_step(big, "cpu")
+    assert not host_memory.sync_each_step(_FakeCompiled(ADVICE_MIN_TEMP_BYTES - 1), "cpu")
+    assert not host_memory.sync_each_step(big, "gpu")
+    assert not host_memory.sync_each_step(big, "tpu")
+    assert not host_memory.sync_each_step(_FakeCompiled(None), "cpu")
+
+
+def _steps():
+    from kdjax.train.trainer import CompiledSteps
+
+    step = jax.jit(lambda state, frozen, batch: (state + batch["x"].sum(), {"loss": state}))
+    batch = {"x": jnp.ones((4, 8))}
+    return CompiledSteps(step, jnp.zeros(()), None, [], None, precompile=False), batch
+
+
+def test_compiled_steps_wait_for_big_cpu_steps(monkeypatch):
+    steps, batch = _steps()
+    assert not steps.syncs(batch)  # a few bytes of temporaries: dispatched ahead
+    waited = []
+    monkeypatch.setattr(jax, "block_until_ready", lambda out: waited.append(out) or out)
+    steps(jnp.zeros(()), None, batch)
+    assert not waited
+
+    monkeypatch.setattr(host_memory, "ADVICE_MIN_TEMP_BYTES", 0)
+    steps, batch = _steps()
+    assert steps.syncs(batch) == (jax.default_backend() == "cpu")
+    state, metrics = steps(jnp.zeros(()), None, batch)
+    assert float(state) == 32.0
+    assert len(waited) == (1 if jax.default_backend() == "cpu" else 0)

@@ -38,7 +38,7 @@ from kdjax.data.corpus import Prefetcher
 from kdjax.errors import ConfigError, KdjaxError
 from kdjax.paths import absolute
 from kdjax.train.checkpoint import Checkpointer, set_aside
-from kdjax.train.host_memory import advise_on_compiled
+from kdjax.train.host_memory import advise_on_compiled, sync_each_step
 from kdjax.train.metrics import MetricsWriter
 from kdjax.train.optimizer import make_optimizer
 from kdjax.train.placement import cast_tree, mesh_context, overlay, place, sync_processes
@@ -243,6 +243,7 @@ class CompiledSteps:
                  batch_sharding: Any, precompile: bool):
         self._step_fn, self._frozen = step_fn, frozen
         self._compiled: dict[tuple, Any] = {}
+        self._sync: dict[tuple, bool] = {}  # wait for the step before the next (XLA:CPU)
         self._state_spec = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         self._batch_sharding = batch_sharding
@@ -260,12 +261,28 @@ class CompiledSteps:
         if key not in self._compiled:
             lowered = self._step_fn.lower(self._state_spec, self._frozen, batch)
             compiled = lowered.compile()
-            advise_on_compiled(compiled, jax.default_backend())
+            backend = jax.default_backend()
+            advise_on_compiled(compiled, backend)
             self._compiled[key] = compiled
+            self._sync[key] = sync_each_step(compiled, backend)
         return self._compiled[key]
 
+    def compiled(self, batch: dict) -> Any:
+        """The compiled step for `batch`'s shapes (compiling it on first use)."""
+        return self._compile(batch)
+
+    def syncs(self, batch: dict) -> bool:
+        """Whether a call with `batch`'s shapes waits for the step (`sync_each_step`)."""
+        self._compile(batch)
+        return self._sync[self._key(batch)]
+
     def __call__(self, state: Any, frozen: Any, batch: dict) -> Any:
-        return self._compile(batch)(state, frozen, batch)
+        """(state, frozen, batch) -> the step's outputs; on XLA:CPU with large temporaries,
+        returns once the step has run (see `kdjax.train.host_memory.sync_each_step`)."""
+        out = self._compile(batch)(state, frozen, batch)
+        if self._sync[self._key(batch)]:
+            jax.block_until_ready(out)
+        return out
 
 
 # -- state --------------------------------------------------------------------------------------
