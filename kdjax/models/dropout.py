@@ -1,17 +1,16 @@
-"""Dropout whose mask is computed where it is used: a counter-based hash, not a random-bits draw.
+"""Dropout whose mask comes from a counter-based hash, not a random-bits draw.
 
 `flax.linen.Dropout` draws its mask with `jax.random.bernoulli`: a key derivation (`fold_in`)
 and a random-bits array per call site. On CPU, JAX lowers each threefry as a rolled loop, so
-every dropout costs XLA two `while` loops (~14 kernels: 100 of the debug student step's 947)
-and a bits array written to memory and read back. Here the keep decision of element `i` is
-Threefry-2x32 (20 rounds, the function behind `jax.random`) of the counter
-`(stream, flat index)` under the call's key, written as plain uint32 arithmetic, so XLA fuses
-it into one kernel that writes the bool mask (read by the forward and backward selects): no
-loop, no random-bits array. A layer
-makes one key (`make_rng`) and gives each of its dropout sites its own `stream`.
+every dropout cost XLA two `while` loops (~14 kernels: 100 of the debug student step's 947).
+Here the keep decision of element `i` is Threefry-2x32 (20 rounds, the function behind
+`jax.random`, bit for bit) of the counter `(stream, index of i)` under the call's key, written
+as plain uint32 arithmetic: one loop-free kernel per site computes it, and the forward and
+backward selects read it. A layer makes one key (`make_rng`) and gives each of its dropout
+sites its own `stream`.
 
 The mask depends on the key and the element's global index only, so it is the same on every
-mesh and sharding (the flat index is the logical one; GSPMD partitions the iota).
+mesh and sharding (the index is the logical one; GSPMD partitions the iota).
 """
 
 from __future__ import annotations

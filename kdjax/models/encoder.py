@@ -60,8 +60,8 @@ class SelfAttention(nn.Module):
     ) -> tuple[Array, dict]:
         """x [B, L, H]; mask_bias [B, 1, 1, L] additive fp32; key_mask [B, L] bool.
 
-        `dropout_key` (the layer's; stream 0 is the attention probabilities') is needed when
-        not deterministic and attention_dropout > 0.
+        `dropout_key`: the layer's key (the attention probabilities use its stream 0); without
+        it, training mode makes one with `make_rng("dropout")`.
         """
         cfg = self.config
         batch, length, _ = x.shape
