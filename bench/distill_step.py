@@ -211,7 +211,7 @@ def timed_blocks(run_step: Any, sync: Any, steps: int, blocks: int, bar: Any) ->
 
 
 def worker_kdjax(job: dict[str, Any]) -> dict[str, Any]:
-    """One kdjax measurement per entry of job["sweep"] (batch, devices) in this process."""
+    """One kdjax measurement per entry of job["sweep"] (the device-count sweep) in this process."""
     results = [_kdjax_one({**job, **point}) for point in job.get("sweep", [{}])]
     return results[0] if len(results) == 1 else {"sweep": results}
 
@@ -467,31 +467,28 @@ def worker_torch(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache:
         examples = tokenize_corpus(resolve_sources("builtin:sample"), tok, LENGTH,
                                    cache_dir=cache, show_progress=False)
-    results = []
-    for point in job.get("sweep", [{}]):
-        batch_size = point.get("batch", job["batch"])
-        batches = StepBatches(examples, batch_size, 0, tok.pad_token_id)
-        rows = np.arange(batch_size)
-        data = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in
-                 batches.rows(s, rows).items()} for s in range(4)]
-        warmup, steps, blocks = job["warmup"], job["steps"], job["blocks"]
-        bar = _bar(warmup + steps, f"torch {job['workload']} b={batch_size}", job["progress"])
-        first = None
-        for i in range(warmup):
-            value = step(data[i % len(data)])
-            first = value if first is None else first
-            bar.update(1)
-        timing = timed_blocks(lambda i, d=data: step(d[i % len(d)]), lambda _: None, steps,
-                              blocks, bar)
-        bar.close()
-        value = timing.pop("out")
-        tokens = batch_size * LENGTH
-        results.append({
-            "tokens_per_s": tokens / timing["step_s_best"],
-            "tokens_per_s_mean": tokens / timing["step_s_mean"], **timing, "batch": batch_size,
-            "first_loss": first, "last_loss": value, "finite": math.isfinite(value),
-            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()})
-    return results[0] if len(results) == 1 else {"sweep": results}
+    batch_size = job["batch"]
+    batches = StepBatches(examples, batch_size, 0, tok.pad_token_id)
+    rows = np.arange(batch_size)
+    data = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in
+             batches.rows(s, rows).items()} for s in range(4)]
+    warmup, steps, blocks = job["warmup"], job["steps"], job["blocks"]
+    bar = _bar(warmup + steps, f"torch {job['workload']} b={batch_size}", job["progress"])
+    first = None
+    for i in range(warmup):
+        value = step(data[i % len(data)])
+        first = value if first is None else first
+        bar.update(1)
+    timing = timed_blocks(lambda i, d=data: step(d[i % len(d)]), lambda _: None, steps,
+                          blocks, bar)
+    bar.close()
+    value = timing.pop("out")
+    tokens = batch_size * LENGTH
+    return {
+        "tokens_per_s": tokens / timing["step_s_best"],
+        "tokens_per_s_mean": tokens / timing["step_s_mean"], **timing, "batch": batch_size,
+        "first_loss": first, "last_loss": value, "finite": math.isfinite(value),
+        "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
 
 
 WORKERS = {"peak": worker_peak, "kdjax": worker_kdjax, "torch": worker_torch}

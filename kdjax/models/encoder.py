@@ -125,7 +125,7 @@ class EncoderLayer(nn.Module):
         key = self.make_rng("dropout") if active else None
 
         def drop(t: Array, stream: int) -> Array:
-            if self.deterministic or key is None:
+            if key is None:  # deterministic, or no dropout in this layer
                 return t
             return dropout(t, cfg.hidden_dropout, key, stream)
 
