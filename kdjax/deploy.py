@@ -562,7 +562,8 @@ def task_accuracy(
     model_dir = _finetuned_model_dir(Path(model).expanduser())
     task_obj, length = _task_settings(model_dir, task, max_length)
     cfg, params = load_model_dir(model_dir)
-    cfg = cfg.replace(dtype="float32", param_dtype="float32", scan_layers=False, remat=False)
+    cfg = cfg.replace(dtype="float32", param_dtype="float32", scan_layers=False, scan_unroll=1,
+                      remat=False)
     if cfg.head != task_obj.head:
         raise ConfigError(f"{model_dir} has head {cfg.head!r} but task {task_obj.name!r} needs "
                           f"{task_obj.head!r}; pass the model fine-tuned for this task")

@@ -214,7 +214,8 @@ def hf_state_dict(
         raise ConfigError(f"params have no embeddings/encoder (found: {found}); pass only the "
                           "model's own params, e.g. state.params['student']")
     host = unstack_layers(host, cfg)
-    out_cfg = cfg.replace(scan_layers=False, remat=False, param_dtype="float32", dtype="float32")
+    out_cfg = cfg.replace(scan_layers=False, scan_unroll=1, remat=False, param_dtype="float32",
+                          dtype="float32")
     flat = _checked_flat(host, out_cfg)
     if format == "electra" and out_cfg.is_factorized:
         from flax.traverse_util import unflatten_dict
@@ -338,7 +339,8 @@ def export_size(model_config: Any, format: str = "factorized",
     from kdjax.models.model import abstract_params
 
     format, dtype = _check_format(format), _check_dtype(dtype)
-    cfg = EncoderConfig.from_any(model_config).replace(scan_layers=False, remat=False)
+    cfg = EncoderConfig.from_any(model_config).replace(scan_layers=False, scan_unroll=1,
+                                                        remat=False)
     _check_family(cfg, format)
     if format == "electra":
         cfg = cfg.replace(embedding_rank=0, attention_rank=0, ffn_rank=0)

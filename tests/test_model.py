@@ -311,6 +311,7 @@ LAYOUTS = {
     "remat": dict(remat=True),
     "scan": dict(scan_layers=True),
     "remat+scan": dict(remat=True, scan_layers=True),
+    "scan+unroll": dict(scan_layers=True, scan_unroll=2),  # both layers in one iteration
 }
 
 
@@ -383,6 +384,27 @@ def test_dropout():
     assert not np.allclose(a.last_hidden_state, det_a.last_hidden_state, atol=1e-3)
     with pytest.raises(Exception, match="dropout"):  # training mode needs a dropout rng
         jax.eval_shape(functools.partial(run, cfg, params, deterministic=False))
+
+
+def test_scan_unroll_with_a_remainder_equals_the_rolled_scan():
+    # 3 layers, 2 bodies per iteration: one full iteration and a remainder; in training mode,
+    # so the per-layer dropout keys must also be the rolled scan's
+    cfg = FACTORIZED.replace(num_layers=3, scan_layers=True, hidden_dropout=0.2,
+                             attention_dropout=0.2)
+    params = params_for(cfg)
+
+    def train(c):
+        return jax.jit(lambda key: run(c, params, deterministic=False, rngs={"dropout": key},
+                                       output_hidden_states=True),
+                       compiler_options=FAST_COMPILE)(jax.random.key(5))
+
+    rolled, unrolled = train(cfg), train(cfg.replace(scan_unroll=2))
+    for i, (a, b) in enumerate(zip(unrolled.hidden_states, rolled.hidden_states)):
+        close(a, b, 1e-6, f"hidden {i}")
+    jaxpr = str(jax.make_jaxpr(functools.partial(run, cfg.replace(scan_unroll=2)))(params))
+    assert "unroll=2" in jaxpr
+    with pytest.raises(ConfigError, match="model.scan_unroll"):
+        cfg.replace(scan_unroll=0)
 
 
 def test_no_dropout_in_training_mode_is_deterministic():

@@ -62,6 +62,9 @@ class EncoderConfig:
     attention_impl: str = "auto"
     remat: bool = False
     scan_layers: bool = False
+    # With scan_layers: layer bodies per loop iteration (a compile / step-time trade-off on
+    # XLA:CPU, docs/performance.md); need not divide num_layers.
+    scan_unroll: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,7 +100,7 @@ class EncoderConfig:
         """Raise `ConfigError` naming the offending key for any inconsistent value."""
         positive = (
             "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-            "max_position_embeddings", "type_vocab_size",
+            "max_position_embeddings", "type_vocab_size", "scan_unroll",
         )
         for key in positive:
             value = getattr(self, key)

@@ -149,7 +149,8 @@ class EncoderStack(nn.Module):
     """`num_layers` layers; returns the last hidden state and per-layer extras (tuples).
 
     With `scan_layers` the parameters are stacked under `layers` with a leading `layers` axis
-    (one compiled layer body; faster compiles for deep models), else `layer_0 ... layer_{N-1}`.
+    (one compiled layer body; faster compiles for deep models; `scan_unroll` layer bodies per
+    loop iteration), else `layer_0 ... layer_{N-1}`.
     `remat` recomputes each layer's activations in the backward pass (memory for FLOPs).
     """
 
@@ -170,6 +171,7 @@ class EncoderStack(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
+                unroll=min(cfg.scan_unroll, cfg.num_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, stacked = scanned(cfg, self.outputs, self.deterministic, name="layers")(
