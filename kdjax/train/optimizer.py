@@ -49,8 +49,8 @@ def learning_rate_schedule(cfg: Any) -> optax.Schedule:
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """Scales every update leaf by `min(1, max_norm / global_norm)` (the same clip as
-    `optax.clip_by_global_norm`, to the last bit of the factor).
+    """Scales every update leaf by `min(1, max_norm / global_norm)`: `optax.clip_by_global_norm`
+    up to rounding (below the limit the leaves are returned unchanged, bit for bit).
 
     One scalar factor and a multiply per element: XLA fuses the multiply into each kernel that
     reads the clipped gradient (AdamW's new mu, nu and param). optax's per-element divide is
