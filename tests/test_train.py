@@ -598,6 +598,26 @@ def test_student_init_from_a_model_dir_is_its_svd(distilled, pretrained, tmp_pat
 
 
 @pytest.mark.slow
+def test_teacher_svd_start_without_projections_trains(pretrained, tmp_path):
+    """A same-width student from the teacher's layers (student.init=teacher_svd) under an
+    objective with no learned projection (params["proj"] is empty): the state keeps its empty
+    subtree, so it matches its shardings and trains (the multilingual-E5 ladder's setup)."""
+    import ml_collections
+
+    config = distill_config(pretrained["workdir"], "student.init=teacher_svd",
+                            "train.steps=3", "train.save_every=3", "train.log_every=1")
+    teacher_model = load_config(PRETRAIN).discriminator.model
+    config.student.model = ml_collections.ConfigDict(
+        {**teacher_model.to_dict(), "num_layers": 2, "ffn_rank": 8})
+    config.objective = ml_collections.ConfigDict({"temperature": 1.0, "terms": {
+        "hidden": {"loss": "hidden_mse", "feature": "hidden", "mapping": "uniform",
+                   "include_embeddings": True, "projection": False},
+        "attn": {"loss": "attention_kl", "feature": "attention", "mapping": "uniform"}}})
+    summary = train(config, tmp_path / "run", "distill", progress=False)
+    assert summary["final_step"] == 3 and np.isfinite(summary["final_metrics"]["loss"])
+
+
+@pytest.mark.slow
 def test_teacher_dirs_unchanged_after_all_runs(pretrained):
     assert tree_hash(pretrained["workdir"] / "model") == pretrained["hash"]
     assert tree_hash(pretrained["workdir"] / "generator") == pretrained["gen_hash"]

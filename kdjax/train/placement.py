@@ -50,7 +50,9 @@ def overlay(params: Any, shardings: Any, host_partial: Any, what: str) -> Any:
     over several hosts). Leaves keep their dtype; a missing key or a shape that differs is a
     `ConfigError` naming `what` (e.g. "student.init=PATH").
     """
-    flat = flatten_dict(dict(params))
+    # keep_empty_nodes: an empty subtree (a distill objective with no projections has
+    # params["proj"] == {}) must survive, or the state no longer matches its shardings
+    flat = flatten_dict(dict(params), keep_empty_nodes=True)
     flat_sh = flatten_dict(dict(shardings))
     for key, value in flatten_dict(dict(host_partial)).items():
         name = "/".join(key)
