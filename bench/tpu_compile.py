@@ -17,6 +17,10 @@ Recipes (256 x 128 tokens a step, the launch recipes' batch):
   kd_small        KR-ELECTRA-base -> kd_small, paper_kd  (configs/distill_paper.py:kd_small)
   lf_v3           KR-ELECTRA-base -> LF-V3, paper_kd     (configs/distill_paper.py:lf_v3)
   kominilm        KR-ELECTRA-base -> KoMiniLM-23M, minilm (configs/distill_paper.py:kominilm_23m)
+  e5_kd_small, e5_lf_v3 (and *_trimmed)  multilingual-E5-small -> the paper's kd_small / LF-V3
+                  shapes, hidden MSE through a projection + last-layer Q/K relations, the
+                  teacher's whole 250,037-row vocabulary or the 18,839 Korean pieces
+                  (configs/distill_e5.py:paper_kd_small,full ...); v5e-16, data-parallel
 Meshes: data (N, 1, 1) replicated; fsdp (1, N, 1); data_fsdp (N/4, 4, 1): FSDP inside each
 4-chip host, data parallel across hosts.
 
@@ -51,7 +55,15 @@ RECIPES: dict[str, str] = {
     "kd_small": "configs/distill_paper.py:kd_small,paper_kd",
     "lf_v3": "configs/distill_paper.py:lf_v3,paper_kd",
     "kominilm": "configs/distill_paper.py:kominilm_23m,minilm",
+    # the same ladder from the teacher you can have offline (multilingual-E5-small), with its
+    # whole XLM-R vocabulary (250,037 rows) or trimmed to the Korean data (18,839)
+    "e5_kd_small": "configs/distill_e5.py:paper_kd_small,full",
+    "e5_kd_small_trimmed": "configs/distill_e5.py:paper_kd_small,trimmed",
+    "e5_lf_v3": "configs/distill_e5.py:paper_lf_v3,full",
+    "e5_lf_v3_trimmed": "configs/distill_e5.py:paper_lf_v3,trimmed",
 }
+PAPER_RECIPES = ("pretrain", "kd_small", "lf_v3", "kominilm")
+E5_RECIPES = tuple(r for r in RECIPES if r.startswith("e5_"))
 SLICES = ("v4-8", "v4-32", "v5e-16", "v5e-256", "v6e-16")
 MESHES = ("data", "fsdp", "data_fsdp")
 BATCH = 256
@@ -79,10 +91,11 @@ def jobs() -> list[dict[str, Any]]:
     data-parallel on every slice (and v6e's second slope point), then fsdp and data x fsdp on
     the 16- and 256-chip slices, then fsdp on the 4-chip one."""
     grid = [(r, s, "data") for s in ("v4-32", "v5e-16", "v4-8", "v5e-256", "v6e-16")
-            for r in RECIPES]
+            for r in PAPER_RECIPES]
     grid += [(r, s, m) for m in ("fsdp", "data_fsdp") for s in ("v4-32", "v5e-256", "v5e-16",
-                                                                  "v6e-16") for r in RECIPES]
-    grid += [(r, "v4-8", "fsdp") for r in RECIPES]  # on one host data_fsdp is fsdp
+                                                                  "v6e-16") for r in PAPER_RECIPES]
+    grid += [(r, "v4-8", "fsdp") for r in PAPER_RECIPES]  # on one host data_fsdp is fsdp
+    grid += [(r, "v5e-16", "data") for r in E5_RECIPES]  # the E5 ladder: one slice
     out, seen = [], set()
     for r, s, m in FIRST + grid:
         if (r, s, m) not in seen:
@@ -90,7 +103,7 @@ def jobs() -> list[dict[str, Any]]:
             out.append({"recipe": r, "slice": s, "mesh": m, "batch": BATCH})
     # v6e's second point for the per-sequence slope
     out += [{"recipe": r, "slice": "v6e-16", "mesh": "data", "batch": 4 * BATCH}
-            for r in RECIPES]
+            for r in PAPER_RECIPES]
     return out
 
 
