@@ -1,7 +1,10 @@
 """`kdjax <command>`: the command-line entry point.
 
 Config overrides follow ml-collections' flag syntax: `--config.train.steps=100` (or
-`--config.train.steps 100`). User mistakes (`KdjaxError`) print one line and exit 2.
+`--config.train.steps 100`). User mistakes and storage faults (`KdjaxError`, and any other
+`OSError`) print one line and exit 2; a run stopped on a signal exits 128 + the signal (143
+after SIGTERM); library tracebacks (Orbax's background threads, asyncio at exit) go to
+WORKDIR/kdjax.log, not the terminal (`-v` shows them).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kdjax.errors import KdjaxError
 
@@ -120,8 +124,35 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# Commands that write a workdir (and take its lock); their library log is WORKDIR/kdjax.log.
+WORKDIR_COMMANDS = ("distill", "pretrain", "demo", "finetune", "evaluate", "select")
+
+
+def _library_log(args: argparse.Namespace) -> Any:
+    """Send library reports to WORKDIR/kdjax.log (commands without a workdir: dropped),
+    keeping the terminal to kdjax's own lines; with -v everything stays on the terminal."""
+    from kdjax.paths import absolute
+    from kdjax.storage import LOG_FILE, LibraryLog, quiet_libraries
+
+    if args.verbose:
+        return None
+    workdir = getattr(args, "workdir", None) if args.command in WORKDIR_COMMANDS else None
+    handler = LibraryLog(os.path.join(absolute(workdir), LOG_FILE) if workdir else None)
+    quiet_libraries(handler, logging.getLogger().handlers)
+    return handler
+
+
+def _error(message: str, library: Any) -> None:
+    """The one error line (with where the library details went, when there are any)."""
+    if library is not None and library.records and library.path is not None and \
+            library.path.is_file():
+        message += f" (library details in {library.path})"
+    print(f"kdjax: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    library = None
     try:
         rest, overrides = split_overrides(argv)
         parser, handlers = build_parser()
@@ -135,11 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command in ("distill", "pretrain", "demo", "finetune", "evaluate", "select"):
+        library = _library_log(args)
+        if args.command in WORKDIR_COMMANDS:
             enable_compilation_cache()
         return int(handlers[args.command](args, overrides) or 0)
     except KdjaxError as e:
-        print(f"kdjax: error: {e}", file=sys.stderr)
+        _error(str(e), library)
+        return int(getattr(e, "exit_status", 2))
+    except OSError as e:  # a storage fault no kdjax code anticipated: still one line
+        from kdjax.storage import describe
+
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _error(f"{describe(e)}{where}; check the disk and permissions and run the same "
+               "command again", library)
         return 2
     except KeyboardInterrupt:
         print("kdjax: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,6 +141,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         node, leaf = _locate(config, key)
         set_value(config, key, _parse_text(text, node[leaf], key), shown=repr(text))
     return config
+
+
+def check_float(key: str, value: Any, low: float, high: float, low_ok: bool = True,
+                high_ok: bool = True) -> float:
+    """`value` as a float within [low, high] (`low_ok` / `high_ok`: whether the bound itself
+    is allowed); else one `ConfigError` naming `key`. NaN and inf never pass: the step
+    computes in float32, where e.g. lr=1e39 is inf."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    inside = math.isfinite(x) and (x > low or (low_ok and x == low)) and \
+        (x < high or (high_ok and x == high))
+    if not inside:
+        span = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+        raise ConfigError(f"{key}={value!r} is out of range: it must be a finite number in "
+                          f"{span}")
+    return x
 
 
 def model_config(**overrides: Any) -> ml_collections.ConfigDict:

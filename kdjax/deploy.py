@@ -346,6 +346,7 @@ def to_onnx(
     opset: int = OPSET,
     check: bool = True,
     model_card: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write an ONNX export of a kdjax model; returns the manifest (also OUT/kdjax_onnx.json).
 
@@ -362,12 +363,15 @@ def to_onnx(
       check: run ONNX Runtime on a padded batch and record the largest difference to PyTorch
         (and to kdjax) in the manifest; a difference above 1e-4 is logged as a warning.
       model_card: provenance (run, recipe, metrics...) stored in the manifest as "model_card".
+      overwrite: write into a directory holding files kdjax export did not write (see
+        `kdjax.export.check_output_dir`; nothing of theirs is deleted).
 
     Returns {"out", "weights", "head", "inputs", "outputs", "files", "onnx_mb", "int8_mb",
     "initializer_params", "parity_max_abs", ...}.
     """
     require_onnx()
-    from kdjax.export import _check_family, to_hf
+    from kdjax.export import _check_family, check_output_dir, commit_export, to_hf
+    from kdjax.storage import Staging
 
     cfg = EncoderConfig.from_any(model_config)
     weights = resolve_weights(cfg, weights)
@@ -375,10 +379,12 @@ def to_onnx(
     fmt = "factorized" if weights == "factorized" else "electra"
     _check_family(cfg, fmt)
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, overwrite)
     names = output_names(cfg.head)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="kdjax-onnx-") as tmp:
+    # Everything is staged inside `out` and renamed into place at the end: a failure (a full
+    # disk, a non-finite weight) leaves `out` as it was.
+    with tempfile.TemporaryDirectory(prefix="kdjax-onnx-") as tmp, Staging(out) as stage:
         export_log = logging.getLogger("kdjax.export")
         level = export_log.level
         export_log.setLevel(logging.WARNING)  # its "exported ... to /tmp/..." is not the output
@@ -392,15 +398,17 @@ def to_onnx(
         log.info("onnx: exporting %s (%s weights) with torch.onnx (dynamo) ...", arch, weights)
         module = _wrap(_torch_model(hf_dir, arch, weights), cfg.head)
         example = example_batch(cfg)
-        fp32 = out / FP32_FILE
+        fp32 = stage.dir / FP32_FILE
         tmp_onnx = Path(tmp) / FP32_FILE
         _torch_export(module, example, names, tmp_onnx, cfg.max_position_embeddings, opset)
         shutil.move(str(tmp_onnx), fp32)
         for f in sorted(hf_dir.iterdir()):  # the tokenizer files
-            if f.is_file() and not f.name.endswith(_HF_ONLY) and f.name != "config.json":
-                shutil.copyfile(f, out / f.name)
+            if f.is_file() and not f.name.endswith(_HF_ONLY) and f.name not in (
+                    "config.json", "kdjax_export.json"):
+                shutil.copyfile(f, stage.dir / f.name)
         config = _onnx_config(cfg, weights, id2label)
-        (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        (stage.dir / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False)
+                                               + "\n")
         manifest: dict[str, Any] = {
             "out": str(out), "weights": weights, "head": cfg.head, "architecture": arch,
             "inputs": list(INPUT_NAMES), "outputs": list(names),
@@ -427,27 +435,27 @@ def to_onnx(
             if max(worst, manifest["parity_kdjax_max_abs"]) > 1e-4:
                 log.warning("onnx: ONNX Runtime differs from the model by %.3g (PyTorch) / "
                             "%.3g (kdjax)", worst, manifest["parity_kdjax_max_abs"])
-    files = [FP32_FILE]
-    if quantize == "int8":
-        log.info("onnx: int8 dynamic quantization ...")
-        int8 = quantize_int8(fp32, out / INT8_FILE)
-        manifest["int8"] = INT8_FILE
-        manifest["int8_mb"] = round(int8.stat().st_size / 1e6, 3)
-        files.append(INT8_FILE)
-        if check:
-            q = run_session(session(int8), example)
-            manifest["int8_max_abs"] = max_abs_diff(q, run_session(session(fp32), example))
-    elif (out / INT8_FILE).is_file():
-        (out / INT8_FILE).unlink()  # a stale int8 file of an earlier export
-    manifest["files"] = files
-    manifest["ranks"] = {"embedding": cfg.embedding_rank, "attention": cfg.attention_rank,
-                         "ffn": cfg.ffn_rank}
-    if model_card:
-        manifest["model_card"] = dict(model_card)
-    manifest["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False,
-                                           default=str) + "\n")
-    log.info("onnx: wrote %s (%.1f MB%s) in %.0f s", fp32, manifest["onnx_mb"],
+        files = [FP32_FILE]
+        if quantize == "int8":
+            log.info("onnx: int8 dynamic quantization ...")
+            int8 = quantize_int8(fp32, stage.dir / INT8_FILE)
+            manifest["int8"] = INT8_FILE
+            manifest["int8_mb"] = round(int8.stat().st_size / 1e6, 3)
+            files.append(INT8_FILE)
+            if check:
+                q = run_session(session(int8), example)
+                manifest["int8_max_abs"] = max_abs_diff(q, run_session(session(fp32), example))
+        manifest["files"] = files
+        manifest["ranks"] = {"embedding": cfg.embedding_rank, "attention": cfg.attention_rank,
+                             "ffn": cfg.ffn_rank}
+        if model_card:
+            manifest["model_card"] = dict(model_card)
+        manifest["seconds"] = round(time.perf_counter() - t0, 1)
+        (stage.dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False,
+                                                     default=str) + "\n")
+        # a stale int8 file of an earlier export (listed in its manifest) is deleted here
+        commit_export(stage, overwrite, {"format": "onnx", "weights": weights})
+    log.info("onnx: wrote %s (%.1f MB%s) in %.0f s", out / FP32_FILE, manifest["onnx_mb"],
              f", int8 {manifest['int8_mb']:.1f} MB" if quantize else "", manifest["seconds"])
     return manifest
 

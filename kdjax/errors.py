@@ -1,8 +1,9 @@
 """User-facing errors.
 
-Every mistake a user can make (bad config key, wrong shape, missing file) raises a subclass of
-`KdjaxError` whose message is one line saying what is wrong and how to fix it. The CLI prints
-`kdjax: error: <message>` for these and exits with status 2 instead of showing a traceback.
+Every mistake a user can make (bad config key, wrong shape, missing file), every storage fault
+(full disk, a file cut short) and a diverged run raise a subclass of `KdjaxError` whose message
+is one line saying what is wrong and how to fix it. The CLI prints `kdjax: error: <message>` for
+these and exits with status 2 instead of showing a traceback.
 """
 
 from __future__ import annotations
@@ -26,3 +27,13 @@ class CheckpointError(KdjaxError):
 
 class DataError(KdjaxError):
     """Input data is missing, empty or in an unknown format."""
+
+
+class StorageError(KdjaxError):
+    """A file could not be written or read (full disk, permissions, a file cut short); the
+    message names the file and how to recover."""
+
+
+class NonFiniteError(KdjaxError):
+    """Weights or optimizer state hold NaN or inf: refused before they reach a checkpoint, a
+    model directory or an export."""

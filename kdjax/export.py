@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from kdjax.errors import CheckpointError, ConfigError, KdjaxError
+from kdjax.errors import CheckpointError, ConfigError, KdjaxError, NonFiniteError
 from kdjax.hf import key_table
-from kdjax.modeldir import save_safetensors
+from kdjax.modeldir import non_finite_report, save_safetensors
 from kdjax.models.config import EncoderConfig
 from kdjax.paths import absolute
+from kdjax.storage import LOCK_FILE, Staging, atomic_write_json, is_scratch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ FORMATS = ("electra", "factorized")
 DTYPES = ("float32", "bfloat16")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+# Written last into every export directory (HF and ONNX): the files that export wrote. A later
+# export may replace exactly those (and delete the ones it no longer writes); anything else in
+# the directory is someone else's (see `check_output_dir`).
+EXPORT_MANIFEST = "kdjax_export.json"
+# |weight| above this in an export: finite, but a diverged run's (lr far too high), not a model
+HUGE_WEIGHT = 1e4
 
 _ELECTRA_ARCHS = {
     "none": "ElectraModel",
@@ -226,7 +233,25 @@ def hf_state_dict(
     for hf_key, path, transform in key_table(out_cfg, _prefix(out_cfg)):
         value = flat[path]
         state[hf_key] = np.ascontiguousarray(value.T if transform == "linear" else value)
+    check_finite_weights(state)
     return out_cfg, state
+
+
+def check_finite_weights(state: Mapping[str, np.ndarray]) -> None:
+    """`NonFiniteError` (one line) when a tensor holds NaN/inf; a warning when the weights are
+    finite but huge (|w| > `HUGE_WEIGHT`: a run whose learning rate was far too high)."""
+    bad = non_finite_report(dict(state))
+    if bad:
+        raise NonFiniteError(f"refusing to export: {bad}; the run diverged - export an earlier "
+                             "checkpoint (--step N) or train again with a lower train.lr")
+    peak, where = 0.0, ""
+    for name, value in state.items():
+        m = float(np.max(np.abs(value))) if value.size else 0.0
+        if m > peak:
+            peak, where = m, name
+    if peak > HUGE_WEIGHT:
+        log.warning("export: weights up to %.3g (%s): far beyond a trained model's; the run "
+                    "probably diverged (train.lr too high)", peak, where)
 
 
 # -- config.json ------------------------------------------------------------------------------
@@ -357,12 +382,9 @@ def export_size(model_config: Any, format: str = "factorized",
 def _write_weights(state: dict[str, np.ndarray], out: Path,
                    max_shard_size: int | str | None) -> list[str]:
     """model.safetensors, or shards + model.safetensors.index.json, split by huggingface_hub
-    (the names and index transformers reads)."""
+    (the names and index transformers reads), into `out` (an export's staging folder)."""
     from huggingface_hub import split_state_dict_into_shards_factory
 
-    for old in [*out.glob("model*.safetensors"), out / INDEX_NAME]:
-        if old.is_file():
-            old.unlink()  # stale weights of an earlier export would shadow or mix with these
     limit = parse_size(max_shard_size) if max_shard_size is not None else 2**62
     split = split_state_dict_into_shards_factory(
         dict(sorted(state.items())), get_storage_size=lambda a: int(a.nbytes),
@@ -450,6 +472,89 @@ def _model_card(cfg: EncoderConfig, source: EncoderConfig, format: str, dtype: s
     return "\n".join(lines)
 
 
+# -- the output directory -----------------------------------------------------------------------
+def owned_files(out: Path) -> set[str] | None:
+    """The files an earlier kdjax export wrote into `out` (its `EXPORT_MANIFEST`, itself
+    included); None when `out` has no readable manifest."""
+    try:
+        files = json.loads((out / EXPORT_MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {str(f) for f in files if isinstance(f, str) and "/" not in f} | {EXPORT_MANIFEST}
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                       else "")
+
+
+def check_output_dir(out: Path, overwrite: bool = False, sources: tuple[Any, ...] = ()) -> None:
+    """Where an export may write (one `ConfigError` line otherwise): a new or empty directory,
+    or one an earlier export wrote (its manifest); a directory holding other files only with
+    `overwrite`. Never a file, a kdjax workdir or model directory, or a directory the model is
+    read from (`sources`), whatever `overwrite` says."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory (new, empty, or an "
+                          "earlier export)")
+    real = os.path.realpath(out)
+    for src in sources:
+        if src is not None and os.path.realpath(src) == real:
+            raise ConfigError(f"--out {out} is the directory being exported from; choose "
+                              "another --out")
+    if not out.is_dir():
+        return
+    from kdjax.modeldir import MODEL_FILE
+
+    for mark, what in ((LOCK_FILE, "a kdjax workdir"), (MODEL_FILE, "a kdjax model directory"),
+                       ("checkpoints", "a kdjax workdir")):
+        if (out / mark).exists():
+            raise ConfigError(f"--out {out} is {what} (it has {mark}); export into a new "
+                              "directory instead")
+    if owned_files(out) is not None or overwrite:
+        return
+    present = sorted(p.name for p in out.iterdir() if not is_scratch(p.name))
+    if present:
+        raise ConfigError(
+            f"--out {out} is not empty and was not written by kdjax export (it holds "
+            f"{_listing(present)}); choose a new or empty directory, or pass --overwrite "
+            "(kdjax then replaces only the files it writes and deletes nothing else)")
+
+
+def commit_export(stage: Staging, overwrite: bool, info: Mapping[str, Any]) -> list[str]:
+    """Move the staged files of an export into place and record them in `EXPORT_MANIFEST`.
+
+    A staged name that exists in the directory but was not written by kdjax needs
+    `overwrite`; files of the earlier export that this one does not write again (old shards,
+    remote code, an int8 model) are deleted; nothing else is. Returns the written names."""
+    from kdjax import __version__
+
+    out = stage.out
+    owned = owned_files(out)
+    mine = owned or set()
+    names = stage.names()
+    clash = [n for n in names if (out / n).exists() and n not in mine]
+    if clash and not overwrite:
+        raise ConfigError(f"--out {out} already holds {_listing(clash)}, not written by kdjax "
+                          "export; pass --overwrite to replace them or choose another --out")
+    record = {"kdjax_version": __version__, **info}
+    # First the union, so that a crash while moving leaves no file of ours unlisted.
+    atomic_write_json(out / EXPORT_MANIFEST, {**record, "files": sorted(mine | set(names)
+                                                                        - {EXPORT_MANIFEST})})
+    written = stage.commit()
+    atomic_write_json(out / EXPORT_MANIFEST, {**record, "files": sorted(written)})
+    for name in sorted(mine - set(written) - {EXPORT_MANIFEST}):
+        stale = out / name
+        if stale.is_file():
+            stale.unlink()
+    others = sorted(p.name for p in out.iterdir() if p.name not in set(written) | {
+        EXPORT_MANIFEST} and not is_scratch(p.name))
+    weights = [n for n in others if n.endswith((".safetensors", ".bin", ".onnx", ".index.json"))]
+    if weights:
+        log.warning("export: %s also holds %s, which kdjax did not write and left in place; "
+                    "loaders may read them", out, _listing(weights))
+    return sorted(written)
+
+
 # -- the export -------------------------------------------------------------------------------
 def _resolve_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or hasattr(tokenizer, "save_pretrained"):
@@ -469,6 +574,7 @@ def to_hf(
     max_shard_size: int | str | None = None,
     model_card: Mapping[str, Any] | None = None,
     id2label: Any = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a Hugging Face model directory for a kdjax model; returns its path.
 
@@ -476,7 +582,9 @@ def to_hf(
       model_config: the model's `EncoderConfig` (or a dict / ml-collections model section).
       params: its parameters (scan or loop layout; numpy or jax arrays; only the model's own
         weights - distillation projections and optimizer state are not part of them).
-      out_dir: output directory (created; earlier weight files in it are replaced).
+      out_dir: output directory: new, empty, or written by an earlier export (its
+        kdjax_export.json lists the files it wrote: those are replaced, or deleted when this
+        export does not write them again); see `check_output_dir`.
       format: "electra" (standard transformers ELECTRA/BERT, factors multiplied out) or
         "factorized" (factors kept; custom code + auto_map, load with trust_remote_code=True).
       tokenizer: a transformers tokenizer or a tokenizer path; saved with `save_pretrained`.
@@ -487,8 +595,16 @@ def to_hf(
         (dict), anything else (recipe, teacher, steps...) is listed under "Training".
       id2label: label names (list, or {id: name}) of a classification / token classification
         head; default LABEL_0...
+      overwrite: also write into a directory holding other files, replacing those with the
+        names this export writes; no other file is deleted.
+
+    Raises `NonFiniteError` (nothing written) when a weight is NaN/inf, `ConfigError` for an
+    output directory it may not write, `StorageError` when the disk fails (nothing replaced).
+    Every file is staged inside `out_dir` first and renamed into place at the end.
     """
     format, dtype = _check_format(format), _check_dtype(dtype)
+    out = Path(out_dir).expanduser()
+    check_output_dir(out, overwrite)
     source = EncoderConfig.from_any(model_config)
     out_cfg, state = hf_state_dict(source, params, format)
     config = hf_config(out_cfg, format, dtype, id2label, source=source)
@@ -499,23 +615,23 @@ def to_hf(
     np_dtype = _np_dtype(dtype)
     state = {k: v.astype(np_dtype) for k, v in state.items()}
 
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    files = _write_weights(state, out, max_shard_size)
-    (out / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     from kdjax.hf_remote import FILES, REMOTE_DIR
 
-    for name in FILES:
+    with Staging(out) as stage:  # a full disk fails here, before any file of `out` changes
+        files = _write_weights(state, stage.dir, max_shard_size)
+        (stage.dir / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False)
+                                               + "\n")
         if format == "factorized":
-            shutil.copyfile(REMOTE_DIR / name, out / name)
-        elif (out / name).is_file():
-            (out / name).unlink()  # left over from a factorized export into the same dir
-    if tok is not None:
-        tok.save_pretrained(str(out))
-    n_params = sum(v.size for v in state.values())
-    file_bytes = sum((out / f).stat().st_size for f in files if f.endswith(".safetensors"))
-    card = _model_card(out_cfg, source, format, dtype, n_params, file_bytes, model_card)
-    (out / "README.md").write_text(card, encoding="utf-8")
+            for name in FILES:
+                shutil.copyfile(REMOTE_DIR / name, stage.dir / name)
+        if tok is not None:
+            tok.save_pretrained(str(stage.dir))
+        n_params = sum(v.size for v in state.values())
+        file_bytes = sum((stage.dir / f).stat().st_size for f in files
+                         if f.endswith(".safetensors"))
+        card = _model_card(out_cfg, source, format, dtype, n_params, file_bytes, model_card)
+        (stage.dir / "README.md").write_text(card, encoding="utf-8")
+        commit_export(stage, overwrite, {"format": format, "dtype": dtype})
     log.info("exported %s (%s, %s, %d params, %.1f MB) to %s", config["architectures"][0],
              format, dtype, n_params, file_bytes / 1e6, out)
     return out
@@ -550,13 +666,16 @@ def _last_metrics(workdir: Path) -> dict[str, Any]:
     return {}
 
 
-def _find_tokenizer(workdir: Path, meta: Mapping[str, Any]) -> Any:
-    """The run's tokenizer: WORKDIR/model (best/ for finetune), WORKDIR/tokenizer,
-    data.tokenizer, the teacher's."""
+def _find_tokenizer(workdir: Path, meta: Mapping[str, Any], model_dir: Path | None = None
+                    ) -> Any:
+    """The run's tokenizer: the model directory exported from (`model_dir`), WORKDIR/model
+    (best/ for finetune), WORKDIR/tokenizer, data.tokenizer, the teacher's."""
     from kdjax.data.tokenizer import load_tokenizer
 
     candidates: list[str | Path] = [workdir / "model", workdir / "best", workdir / "tokenizer",
                                     workdir / "generator"]
+    if model_dir is not None:
+        candidates.insert(0, model_dir)
     data = (meta.get("config") or {}).get("data") or {}
     if data.get("tokenizer") not in (None, "", "auto"):
         candidates.append(str(data["tokenizer"]))
@@ -604,7 +723,8 @@ def _run_card(wd: Path, meta: Mapping[str, Any], cfg: EncoderConfig,
 
 
 def _load_run_model(workdir: Path, step: int | None,
-                    part: str) -> tuple[EncoderConfig, Any, dict[str, Any]]:
+                    part: str) -> tuple[EncoderConfig, Any, dict[str, Any], Path | None]:
+    """(config, params, meta, the model directory read or None for a checkpoint)."""
     from kdjax.modeldir import MODEL_FILE, load_checkpoint_model, load_model_dir
 
     if not workdir.exists():
@@ -616,7 +736,7 @@ def _load_run_model(workdir: Path, step: int | None,
             raise CheckpointError(f"no checkpoint for step {step} in {ckpt} (have {steps})")
         used = steps[-1] if step is None else step
         cfg, params, meta = load_checkpoint_model(workdir, used, part=part)
-        return cfg, params, {**meta, "step": used}
+        return cfg, params, {**meta, "step": used}, None
     # No checkpoints: a kdjax model directory (WORKDIR/model, or the directory itself) will do.
     # (a `kdjax finetune` WORKDIR keeps its selected model in best/)
     model_dir = {"": [workdir, workdir / "model", workdir / "best"],
@@ -626,7 +746,7 @@ def _load_run_model(workdir: Path, step: int | None,
             cfg, params = load_model_dir(cand)
             info = _read_json(cand / MODEL_FILE)
             info.pop("config", None)
-            return cfg, params, info
+            return cfg, params, info, cand
     raise CheckpointError(
         f"no checkpoints in {ckpt}" + (f" for step {step}" if step is not None else "")
         + " and no kdjax model directory in the workdir; is it the --workdir of a "
@@ -673,6 +793,7 @@ def export_workdir(
     model_card: Mapping[str, Any] | None = None,
     quantize: str | None = None,
     onnx_weights: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export the model of a kdjax run (its Orbax checkpoint) as a Hugging Face directory.
 
@@ -690,8 +811,13 @@ def export_workdir(
     "merged" | "factorized" picks the graph, default auto = factorized when the model has
     factors); it needs the ``onnx`` extra and float32, unsharded output.
 
-    Raises CheckpointError (missing workdir / checkpoint / model part) and ConfigError
-    (unknown format or dtype, options that do not go together) with one-line messages.
+    `out_dir` must be new, empty or an earlier export (`check_output_dir`; `overwrite` for a
+    directory holding other files), and never the workdir or model directory read; a model
+    directory exports with its own tokenizer.
+
+    Raises CheckpointError (missing workdir / checkpoint / model part), ConfigError (unknown
+    format or dtype, options that do not go together, an output directory it may not write)
+    and NonFiniteError (NaN/inf weights) with one-line messages.
     """
     import jax
 
@@ -703,25 +829,30 @@ def export_workdir(
     if max_shard_size is not None:
         parse_size(max_shard_size)
     wd = Path(absolute(workdir))
-    cfg, params, meta = _load_run_model(wd, step, part)
-    tok = _resolve_tokenizer(tokenizer) if tokenizer is not None else _find_tokenizer(wd, meta)
+    out = Path(absolute(out_dir))
+    check_output_dir(out, overwrite, sources=(wd,))  # before the (long) restore
+    cfg, params, meta, model_dir = _load_run_model(wd, step, part)
+    check_output_dir(out, overwrite, sources=(wd, model_dir))
+    tok = _resolve_tokenizer(tokenizer) if tokenizer is not None else \
+        _find_tokenizer(wd, meta, model_dir)
     card = _run_card(wd, meta, cfg, part)
     card.update(model_card or {})
     labels = meta.get("id2label") or meta.get("labels") or meta.get("label_names") or None
     if jax.process_index() != 0:
-        return Path(out_dir)
+        return out
     if onnx:
         from kdjax.deploy import to_onnx
 
-        manifest = to_onnx(cfg, params, out_dir, weights=onnx_weights or "auto",
+        manifest = to_onnx(cfg, params, out, weights=onnx_weights or "auto",
                            quantize=quantize, tokenizer=tok, model_card=card,
                            id2label=labels if cfg.head in ("classification",
-                                                           "token_classification") else None)
+                                                           "token_classification") else None,
+                           overwrite=overwrite)
         return Path(manifest["out"])
-    return to_hf(cfg, params, out_dir, format=format, tokenizer=tok, dtype=dtype,
+    return to_hf(cfg, params, out, format=format, tokenizer=tok, dtype=dtype,
                  max_shard_size=max_shard_size, model_card=card,
                  id2label=labels if cfg.head in ("classification", "token_classification")
-                 else None)
+                 else None, overwrite=overwrite)
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -755,6 +886,10 @@ def add_export_cli(subparsers: argparse._SubParsersAction) -> Any:
                    help="split the weights into shards of at most this size, e.g. 50MB")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (default: the run's own)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also write into a --out that holds files kdjax export did not write, "
+                   "replacing those with the names it writes (it deletes nothing else); without "
+                   "it --out must be new, empty or an earlier kdjax export")
     return run_export_cli
 
 
@@ -765,7 +900,7 @@ def run_export_cli(args: argparse.Namespace, overrides: list[str]) -> int:
     out = export_workdir(args.workdir, args.out, format=args.format, step=args.step,
                          dtype=args.dtype, part=args.part, max_shard_size=args.max_shard_size,
                          tokenizer=args.tokenizer, quantize=args.quantize,
-                         onnx_weights=args.onnx_weights)
+                         onnx_weights=args.onnx_weights, overwrite=args.overwrite)
     import jax
 
     if jax.process_index() == 0 and args.format == "onnx":
@@ -778,7 +913,7 @@ def run_export_cli(args: argparse.Namespace, overrides: list[str]) -> int:
                          ensure_ascii=False))
     elif jax.process_index() == 0:
         config = _read_json(out / "config.json")
-        files = sorted(p.name for p in out.iterdir() if p.is_file())
+        files = sorted(owned_files(out) or ())  # what it wrote, not what else is there
         size = sum((out / f).stat().st_size for f in files if f.endswith(".safetensors"))
         print(json.dumps({"out": str(out), "format": args.format, "dtype": args.dtype,
                           "architecture": (config.get("architectures") or [None])[0],
@@ -788,7 +923,9 @@ def run_export_cli(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 __all__ = [
+    "EXPORT_MANIFEST",
     "add_export_cli",
+    "check_output_dir",
     "export_size",
     "export_workdir",
     "hf_config",

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from kdjax.errors import CheckpointError, ConfigError, KdjaxError
+from kdjax.errors import CheckpointError, ConfigError, KdjaxError, NonFiniteError
 from kdjax.models.config import EncoderConfig
+from kdjax.storage import Staging, atomic_path
 
 MODEL_FILE = "kdjax_model.json"
 PARAMS_FILE = "params.safetensors"
@@ -28,7 +29,8 @@ PARAMS_FILE = "params.safetensors"
 
 def save_safetensors(tensors: dict[str, np.ndarray], path: str | os.PathLike,
                      metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically (temp file + rename), readable by others.
+    """Write a safetensors file atomically (`kdjax.storage.atomic_path`: temp file + rename),
+    readable by others.
 
     safetensors creates files 0600; model directories are meant to be shared (served, copied,
     uploaded), so the file gets the mode `save_pretrained` gives: 0666 minus the umask.
@@ -36,32 +38,50 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str | os.PathLike,
     from safetensors.numpy import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def non_finite_report(flat: dict[str, np.ndarray], limit: int = 3) -> str | None:
+    """None when every float tensor of `flat` ({name: array}) is finite, else a short report:
+    "13 of 43 tensors hold NaN/inf (a, b, c, ...)"."""
+    bad = [k for k, v in flat.items()
+           if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+    if not bad:
+        return None
+    more = ", ..." if len(bad) > limit else ""
+    return f"{len(bad)} of {len(flat)} tensors hold NaN/inf ({', '.join(bad[:limit])}{more})"
 
 
 def save_model_dir(out_dir: Any, config: EncoderConfig, params: Any, tokenizer: Any = None,
                    **info: Any) -> Any:
     """Write a model directory (process 0 only; `params` fully gathered on host); `out_dir`
-    may be remote (gs://: written locally, then copied). Returns the directory."""
+    may be remote (gs://: written locally, then copied). Returns the directory.
+
+    Every file is written into a staging folder first and renamed into place at the end,
+    kdjax_model.json (which marks the directory as a model) last: a full disk replaces
+    nothing, a crash leaves no truncated file. Non-finite weights raise `NonFiniteError` and
+    write nothing.
+    """
+    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32))
+            for k, v in flatten_dict(params).items()}
+    bad = non_finite_report(flat)
+    if bad:
+        raise NonFiniteError(f"not writing the model directory {out_dir}: {bad}; the weights "
+                             "diverged (lower train.lr and train again)")
     if "://" in str(out_dir):
         return _save_remote(out_dir, config, params, tokenizer, **info)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32))
-            for k, v in flatten_dict(params).items()}
-    save_safetensors(flat, out / PARAMS_FILE, {"format": "kdjax"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
     from kdjax import __version__
 
     meta = {"config": config.to_dict(), "kdjax_version": __version__, **info}
-    (out / MODEL_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    with Staging(out) as stage:
+        save_safetensors(flat, stage.dir / PARAMS_FILE, {"format": "kdjax"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(stage.dir))
+        (stage.dir / MODEL_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        stage.commit(last=(MODEL_FILE,))
     return out
 
 

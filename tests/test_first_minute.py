@@ -388,15 +388,28 @@ def test_no_pytorch_notice_from_transformers(caplog):
 
 # -- 8. one run per workdir ------------------------------------------------------------------
 def test_a_second_run_in_a_busy_workdir_is_one_clear_error(tmp_path):
+    """Another process holds the lock: one ConfigError naming it. The same process may take
+    it again (a finetune's stages, a run inside `kdjax evaluate`); it is released at the end.
+    (Every command against a held lock: tests/test_faults.py.)"""
     from etils import epath
 
     from kdjax.errors import ConfigError
     from kdjax.train.trainer import workdir_lock
 
-    with workdir_lock(epath.Path(tmp_path)):
+    hold = ("import sys\nfrom kdjax.storage import workdir_lock\n"
+            "with workdir_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+            "    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match=f"{tmp_path} is in use by another kdjax run "
-                                              rf"\(pid {os.getpid()}\)"):
+                                              rf"\(pid {proc.pid} on "):
             with workdir_lock(epath.Path(tmp_path)):
                 pass
-    with workdir_lock(epath.Path(tmp_path)):  # released at the end of the run
-        pass
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    with workdir_lock(epath.Path(tmp_path)):  # released when the other run ends
+        with workdir_lock(epath.Path(tmp_path)):  # nested in one process
+            pass

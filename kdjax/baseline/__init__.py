@@ -264,11 +264,10 @@ def run_baseline(settings: BaselineSettings, workdir: str | os.PathLike | None =
             return {**saved["result"], "cached": True}
     result = fit_baseline(settings, progress)
     if path is not None:
+        from kdjax.storage import atomic_write_json
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "result": result}, indent=2, ensure_ascii=False)
-                       + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_json(path, {"key": key, "result": result})
     return {**result, "cached": False}
 
 

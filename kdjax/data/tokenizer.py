@@ -344,19 +344,24 @@ def _check_vocab_size(vocab_size: int, specials: Sequence[str]) -> None:
 
 
 def _save_hf(
-    tok: PreTrainedTokenizerFast, out_dir: Path, specials: Sequence[str], meta: dict[str, Any]
+    tok: PreTrainedTokenizerFast, out_dir: Path, specials: Sequence[str], meta: dict[str, Any],
+    extra: dict[str, str] | None = None,
 ) -> None:
-    """save_pretrained + the files transformers 5 no longer writes (special_tokens_map.json)."""
-    tok.save_pretrained(str(out_dir))
+    """save_pretrained + the files transformers 5 no longer writes (special_tokens_map.json),
+    through `kdjax.storage.save_tokenizer`: staged, then renamed into place with tokenizer.json
+    last, so a full disk leaves no truncated file and a tokenizer.json means a whole
+    tokenizer."""
+    from kdjax.storage import save_tokenizer
+
     special_map: dict[str, Any] = dict(zip(_SPECIAL_ROLES, specials))
     if len(specials) > len(_SPECIAL_ROLES):
         special_map["additional_special_tokens"] = list(specials[len(_SPECIAL_ROLES) :])
-    (out_dir / "special_tokens_map.json").write_text(
-        json.dumps(special_map, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    (out_dir / "kdjax_tokenizer.json").write_text(
-        json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    files = {
+        "special_tokens_map.json": json.dumps(special_map, ensure_ascii=False, indent=2) + "\n",
+        "kdjax_tokenizer.json": json.dumps(meta, ensure_ascii=False, indent=2) + "\n",
+        **(extra or {}),
+    }
+    save_tokenizer(tok, out_dir, files)
 
 
 def _train_meta(kind: str, paths: list[Path], lines: int, **params: Any) -> dict[str, Any]:
@@ -562,9 +567,8 @@ def train_wordpiece(
         lowercase=lowercase,
         limit_alphabet=limit_alphabet,
     )
-    _save_hf(hf, out, specials, meta)
-    # Classic BERT vocab file (one token per line, line number == id).
-    (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    # + the classic BERT vocab file (one token per line, line number == id)
+    _save_hf(hf, out, specials, meta, {"vocab.txt": "".join(t + "\n" for t in vocab)})
     logger.info(
         "trained WordPiece vocab of %d tokens on %d lines -> %s", len(vocab), stream.count, out
     )

@@ -26,6 +26,7 @@ from typing import Any
 
 from kdjax.errors import ConfigError, DataError, KdjaxError
 from kdjax.paths import absolute, model_ref
+from kdjax.storage import atomic_write_text, read_json, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +195,18 @@ def measure_model(name: str, path: str, run_dir: Path, *, batch: int = 32, lengt
     key = {"path": path, "batch": batch, "length": length, "device": device}
     cache = run_dir / "throughput.json"
     if cache.is_file():
-        saved = json.loads(cache.read_text())
+        try:
+            saved = json.loads(cache.read_text())
+        except (OSError, ValueError):  # a cache: measure again
+            saved = {}
         if all(saved.get(k) == v for k, v in key.items()):
             out["sentences_per_s"] = saved["sentences_per_s"]
             return out
     out["sentences_per_s"] = throughput(cfg, params, batch=batch, length=length, iters=iters)
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({**key, "sentences_per_s": out["sentences_per_s"]}) + "\n")
+        atomic_write_text(cache, json.dumps({**key, "sentences_per_s": out["sentences_per_s"]})
+                          + "\n")
     log.info("%s: %.1f sentences/s (batch %d x %d, %s)", name, out["sentences_per_s"], batch,
              length, device)
     return out
@@ -210,20 +215,28 @@ def measure_model(name: str, path: str, run_dir: Path, *, batch: int = 32, lengt
 # -- runs -----------------------------------------------------------------------------------------
 
 class RunInterrupted(KdjaxError):
-    """A run stopped on a signal (preemption); its checkpoints are saved."""
+    """A run stopped on a signal (preemption); its checkpoints are saved. The CLI exits with
+    `exit_status` (128 + the signal), not 2: the command should be run again."""
+
+    def __init__(self, message: str, exit_status: int = 143):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def run_one(config: Any, run_dir: Path) -> dict[str, Any]:
     """A finished run's saved results, or run_task now (resumes a partial run)."""
-    saved = run_dir / RESULTS_FILE
-    if saved.is_file():
-        return json.loads(saved.read_text())
+    saved = read_json(run_dir / RESULTS_FILE, f"delete it (or {run_dir}) to run that "
+                      "fine-tuning again")
+    if saved is not None:
+        return saved
     from kdjax.train.finetune import run_task
+    from kdjax.train.preemption import exit_status
 
     results = run_task(config, str(run_dir), progress=False)
     if results.get("interrupted"):
         raise RunInterrupted(f"interrupted in {run_dir} (checkpoint saved); run the same "
-                             "command again to resume")
+                             "command again to resume",
+                             exit_status=exit_status(results.get("signal")))
     return results
 
 
@@ -236,7 +249,7 @@ def _record_error(run_dir: Path, e: BaseException) -> None:
 
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
+        atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(e)))
 
 
 def fit_baselines(task_configs: dict[str, Any], workdir: Path, *, progress: bool = True,
@@ -338,48 +351,50 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
                                                                       task_list), name)
         for task in task_list for name, path in zip(names, models)
     }
-    runs_dir = Path(workdir) / "runs"
-    base = None
-    if baseline:
-        base = fit_baselines({t: configs[names[0], t].task for t in task_list},
-                             Path(workdir) / BASELINE_DIR, progress=progress,
-                             fail_fast=fail_fast, refit=refit_baseline)
+    # the lock first: nothing below is written while another kdjax run uses WORKDIR
+    with workdir_lock(workdir):
+        runs_dir = Path(workdir) / "runs"
+        base = None
+        if baseline:
+            base = fit_baselines({t: configs[names[0], t].task for t in task_list},
+                                 Path(workdir) / BASELINE_DIR, progress=progress,
+                                 fail_fast=fail_fast, refit=refit_baseline)
 
-    entries = []
-    for name, path in zip(names, models):
-        size = measure_model(name, path, runs_dir / name, batch=throughput_batch,
-                             length=throughput_length, iters=throughput_iters,
-                             measure=measure_throughput)
-        entries.append({"name": name, "path": path, **size, "results": {}, "errors": {}})
+        entries = []
+        for name, path in zip(names, models):
+            size = measure_model(name, path, runs_dir / name, batch=throughput_batch,
+                                 length=throughput_length, iters=throughput_iters,
+                                 measure=measure_throughput)
+            entries.append({"name": name, "path": path, **size, "results": {}, "errors": {}})
 
-    for task in task_list:
-        bar = tqdm(list(zip(names, models)), desc=TASK_LABELS.get(task, task),
-                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True,
-                   unit="model")
-        for (name, _), entry in zip(bar, entries):
-            bar.set_postfix_str(name)
-            run_dir = runs_dir / name / task
-            try:
-                results = run_one(configs[name, task], run_dir)
-            except (KeyboardInterrupt, SystemExit, RunInterrupted):
-                raise
-            except Exception as e:
-                if fail_fast:
+        for task in task_list:
+            bar = tqdm(list(zip(names, models)), desc=TASK_LABELS.get(task, task),
+                       disable=not progress or jax.process_index() != 0, dynamic_ncols=True,
+                       unit="model")
+            for (name, _), entry in zip(bar, entries):
+                bar.set_postfix_str(name)
+                run_dir = runs_dir / name / task
+                try:
+                    results = run_one(configs[name, task], run_dir)
+                except (KeyboardInterrupt, SystemExit, RunInterrupted):
                     raise
-                log.warning("%s on %s failed: %s (details in %s)", name, task,
-                            _error_text(e), run_dir / "error.txt")
-                _record_error(run_dir, e)
-                entry["errors"][task] = _error_text(e)
-                continue
-            entry["results"][task] = results
-            log.info("%s on %s: %s", name, task, results.get("score"))
-        bar.close()
+                except Exception as e:
+                    if fail_fast:
+                        raise
+                    log.warning("%s on %s failed: %s (details in %s)", name, task,
+                                _error_text(e), run_dir / "error.txt")
+                    _record_error(run_dir, e)
+                    entry["errors"][task] = _error_text(e)
+                    continue
+                entry["results"][task] = results
+                log.info("%s on %s: %s", name, task, results.get("score"))
+            bar.close()
 
-    setup = {"batch": throughput_batch, "length": throughput_length,
-             "device": device_description(), "data_dir": str(data_dir),
-             "overrides": overrides}
-    report = build_report(entries, task_list, teacher=teacher_name,
-                          main_metrics={t: get_task(t).main_metric for t in task_list},
-                          setup=setup, baseline=base)
-    files = write_report(report, workdir) if jax.process_index() == 0 else {}
-    return {**report, "files": files}
+        setup = {"batch": throughput_batch, "length": throughput_length,
+                 "device": device_description(), "data_dir": str(data_dir),
+                 "overrides": overrides}
+        report = build_report(entries, task_list, teacher=teacher_name,
+                              main_metrics={t: get_task(t).main_metric for t in task_list},
+                              setup=setup, baseline=base)
+        files = write_report(report, workdir) if jax.process_index() == 0 else {}
+        return {**report, "files": files}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kdjax.errors import ConfigError
+from kdjax.storage import atomic_path, atomic_write_text
 
 THRESHOLD = 97.0  # the paper's claim: every student keeps >= 97% of its teacher's average
 BELOW = "↓"  # marks a model score below the non-neural baseline's in report.md
@@ -474,9 +475,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
-    paths["md"].write_text(markdown(report), encoding="utf-8")
+    atomic_write_text(paths["md"], markdown(report))
     data = {k: v for k, v in report.items() if k != "files"}
-    paths["json"].write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
-    plot(report, paths["png"])
+    atomic_write_text(paths["json"], json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    with atomic_path(paths["png"]) as tmp:
+        plot(report, tmp)
     return {k: str(v) for k, v in paths.items()}

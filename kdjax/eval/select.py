@@ -20,6 +20,7 @@ from typing import Any
 
 from kdjax.errors import ConfigError, KdjaxError
 from kdjax.paths import absolute, model_ref
+from kdjax.storage import atomic_write_json, read_json, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
     from kdjax.train.trainer import make_mesh
 
     cache = run_dir / EVAL_FILE
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    saved = read_json(cache, "delete it to score the model again")
+    if saved is not None:
+        return saved
     tcfg = config.task
     task = get_task(str(tcfg.name), **{k: v for k, v in tcfg.items() if k not in TASK_SETTINGS})
     spec = resolve_model(str(config.model), "model")
@@ -96,7 +98,7 @@ def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
                "evaluated_only": True}
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_json(cache, results)
     return results
 
 
@@ -156,54 +158,55 @@ def select_model(task: str, candidates: Sequence[str], data_dir: str, workdir: s
         finetuned[name] = finetuned_for(path, task)
         configs[name] = task_config(task, path, data_dir, overrides, name)
 
-    runs: dict[str, dict[str, Any]] = {}
-    scores: dict[str, float] = {}
-    split = None
-    bar = tqdm(list(zip(names, candidates)), desc=f"select {task}", unit="model",
-               disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
-    for name, path in bar:
-        bar.set_postfix_str(name)
-        run_dir = Path(workdir) / "runs" / name / task
-        run = {"path": path, "run_dir": str(run_dir), "finetuned": not finetuned[name]}
-        runs[name] = run
-        try:
-            results = (score_finetuned(configs[name], run_dir) if finetuned[name]
-                       else run_one(configs[name], run_dir))
-        except (KeyboardInterrupt, SystemExit, RunInterrupted):
-            raise
-        except Exception as e:
-            if fail_fast:
+    # the lock first: nothing below is written while another kdjax run uses WORKDIR
+    with workdir_lock(workdir):
+        runs: dict[str, dict[str, Any]] = {}
+        scores: dict[str, float] = {}
+        split = None
+        bar = tqdm(list(zip(names, candidates)), desc=f"select {task}", unit="model",
+                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
+        for name, path in bar:
+            bar.set_postfix_str(name)
+            run_dir = Path(workdir) / "runs" / name / task
+            run = {"path": path, "run_dir": str(run_dir), "finetuned": not finetuned[name]}
+            runs[name] = run
+            try:
+                results = (score_finetuned(configs[name], run_dir) if finetuned[name]
+                           else run_one(configs[name], run_dir))
+            except (KeyboardInterrupt, SystemExit, RunInterrupted):
                 raise
-            log.warning("%s on %s failed: %s", name, task, _error_text(e))
-            _record_error(run_dir, e)
-            run["error"] = _error_text(e)
-            continue
-        run["dev"] = results.get("dev", {})
-        run["model_dir"] = results.get("model_dir", "")
-        run["selected_on"] = results.get("selected_on", "dev")
-        split = split or run["selected_on"]
-        score = results.get("dev_score", run["dev"].get(metric))
-        if score is not None:
-            scores[name] = float(score)
-    bar.close()
+            except Exception as e:
+                if fail_fast:
+                    raise
+                log.warning("%s on %s failed: %s", name, task, _error_text(e))
+                _record_error(run_dir, e)
+                run["error"] = _error_text(e)
+                continue
+            run["dev"] = results.get("dev", {})
+            run["model_dir"] = results.get("model_dir", "")
+            run["selected_on"] = results.get("selected_on", "dev")
+            split = split or run["selected_on"]
+            score = results.get("dev_score", run["dev"].get(metric))
+            if score is not None:
+                scores[name] = float(score)
+        bar.close()
 
-    chosen = max(scores, key=lambda n: scores[n]) if scores else None  # ties: first listed
-    selection = {
-        "task": task,
-        "split": split or "dev",
-        "metric": metric,
-        "scores": scores,
-        "chosen": chosen,
-        "chosen_path": dict(zip(names, candidates)).get(chosen) if chosen else None,
-        "runs": runs,
-    }
-    if jax.process_index() == 0:
-        out = Path(workdir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2, ensure_ascii=False)
-                                          + "\n", encoding="utf-8")
-    if chosen is None:
-        first = next((r["error"] for r in runs.values() if "error" in r), "no scores")
-        raise SelectionError(f"no candidate could be scored on {task} (first error: {first}); "
-                             f"see {Path(workdir) / 'runs'}/*/{task}/error.txt")
-    return selection
+        chosen = max(scores, key=lambda n: scores[n]) if scores else None  # ties: first listed
+        selection = {
+            "task": task,
+            "split": split or "dev",
+            "metric": metric,
+            "scores": scores,
+            "chosen": chosen,
+            "chosen_path": dict(zip(names, candidates)).get(chosen) if chosen else None,
+            "runs": runs,
+        }
+        if jax.process_index() == 0:
+            out = Path(workdir)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / SELECTION_FILE, selection)
+        if chosen is None:
+            first = next((r["error"] for r in runs.values() if "error" in r), "no scores")
+            raise SelectionError(f"no candidate could be scored on {task} (first error: {first}); "
+                                 f"see {Path(workdir) / 'runs'}/*/{task}/error.txt")
+        return selection

@@ -19,6 +19,11 @@ at the step it was due, or - for a failure inside Orbax's background write - at 
 after it (`Checkpointer.check`, polled every step, costs no device sync). Orbax writes into a
 temporary directory and renames it when complete, so a failed save leaves no step that looks
 good.
+
+Non-finite values never reach a checkpoint: `save` refuses a state with NaN/inf in any float
+leaf (params, optimizer moments) with `NonFiniteError`, and `restore` treats a checkpoint
+holding them (written by an older kdjax) like an unreadable one. `last_finite` is the newest
+step this process saved or restored and checked finite: the one an error can point to.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from kdjax.errors import CheckpointError
+from kdjax.errors import CheckpointError, NonFiniteError
 from kdjax.paths import absolute
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,38 @@ def tree_differences(saved: Any, target: Any, limit: int = 3) -> list[str]:
         if len(out) >= limit:
             break
     return out
+
+
+@jax.jit
+def _finite(tree: Any) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every float leaf of `tree` (device arrays on any mesh, or host arrays) is
+    finite: one jitted reduction, read on every process (the result is replicated)."""
+    out = _finite(tree)
+    return bool(np.asarray(out.addressable_data(0)))
+
+
+def _cause(e: BaseException) -> str:
+    """A storage failure in a few words: `No space left on device (ENOSPC)` for an OSError or
+    for tensorstore's "... [os_error_code='28']" (whose message is a paragraph of temporary
+    paths), else the exception's first 300 characters."""
+    import errno
+    import re
+
+    from kdjax.storage import describe
+
+    if isinstance(e, OSError):
+        return describe(e)
+    codes = re.findall(r"os_error_code='(\d+)'", str(e))
+    if codes:
+        code = int(codes[-1])
+        return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    return f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def _check_writable(directory: epath.Path) -> None:
@@ -136,6 +174,7 @@ class Checkpointer:
         self._unreadable: set[int] = set()
         self._pending: int | None = None  # step of an async save not yet known to be good
         self._failed = False
+        self.last_finite: int | None = None  # newest step saved or restored, checked finite
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -150,17 +189,33 @@ class Checkpointer:
                 tmp.rmtree() if tmp.is_dir() else tmp.unlink()
             except Exception:  # the cause (e.g. a read-only disk) may forbid this too
                 pass
+        log.debug("saving step %d failed", step, exc_info=e)
         return CheckpointError(f"saving the checkpoint of step {step} to {self.directory} "
-                               f"failed: {type(e).__name__}: {str(e)[:300]}")
+                               f"failed: {_cause(e)}")
+
+    def describe_last_finite(self) -> str:
+        """Where the newest checkpoint known to hold finite values is and how to go on from
+        it, for an error message."""
+        if self.last_finite is None:
+            return (f"no checkpoint in {self.directory} holds finite weights yet (none was "
+                    "saved before the values went non-finite): run again with a lower "
+                    "train.lr")
+        return (f"the last checkpoint with finite weights is step {self.last_finite} in "
+                f"{self.directory}: run again with a lower train.lr to resume from it")
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
         """Start an (async) save of `state` at `step`; returns False if it already exists.
 
-        Raises `CheckpointError` if this save, or the previous one, failed. A step that
-        `restore` found unreadable is replaced (else the corrupt copy would stay the newest
-        checkpoint and every later resume would fall back again).
+        Raises `NonFiniteError` (nothing written) when a float leaf of `state` holds NaN/inf,
+        `CheckpointError` if this save, or the previous one, failed. A step that `restore`
+        found unreadable is replaced (else the corrupt copy would stay the newest checkpoint
+        and every later resume would fall back again).
         """
         self.check(block=True)
+        if not all_finite(state):
+            raise NonFiniteError(
+                f"not saving the checkpoint of step {step}: the weights or optimizer state hold "
+                f"NaN/inf (the run diverged); {self.describe_last_finite()}")
         if step in self._unreadable:
             log.warning("replacing the unreadable checkpoint at step %d", step)
             self.manager.delete(step)
@@ -177,6 +232,7 @@ class Checkpointer:
         except Exception as e:
             raise self._save_error(step, e) from e
         self._pending = step
+        self.last_finite = step
         return saved
 
     def check(self, block: bool = False) -> None:
@@ -223,6 +279,11 @@ class Checkpointer:
                 tried.append(f"step {step} ({type(e).__name__}: {str(e)[:120]})")
                 self._unreadable.add(step)
                 continue
+            if not all_finite(restored.state):  # written before kdjax checked
+                tried.append(f"step {step} (holds NaN/inf)")
+                self._unreadable.add(step)
+                continue
+            self.last_finite = step
             if tried:
                 log.error("unreadable checkpoint(s) in %s: %s; resuming from step %d",
                           self.directory, "; ".join(tried), step)

@@ -37,15 +37,24 @@ from etils import epath
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from kdjax import sharding as shd
+from kdjax.config_lib import check_float
 from kdjax.data.task_batches import ArrayBatches
 from kdjax.errors import ConfigError, DataError, KdjaxError
 from kdjax.modeldir import ModelSpec, resolve_model, save_model_dir
 from kdjax.models.config import EncoderConfig
 from kdjax.paths import absolute, resolve_config_paths
+from kdjax.storage import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    workdir_lock,
+)
 from kdjax.train.checkpoint import set_aside
 from kdjax.train.placement import cast_tree, gather, mesh_context, place, sync_processes
 from kdjax.train.predict import Predictor
 from kdjax.train.trainer import (
+    F32_MAX,
     Plan,
     TrainingError,
     check_train_section,
@@ -94,6 +103,10 @@ def check_config(config: Any, data: bool = True) -> None:
     frac = float(config.task.heldout_fraction)
     if not 0.0 < frac < 1.0:
         raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {frac}")
+    check_float("distill.alpha", config.distill.alpha, 0.0, 1.0)
+    check_float("distill.temperature", config.distill.temperature, 0.0, F32_MAX, False)
+    if "augment" in config:
+        check_float("augment.prob", config.augment.prob, 0.0, 1.0)
 
 
 def plan_stages(config: Any) -> list[str]:
@@ -380,7 +393,7 @@ def _augmented(run: _Run, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
             buf = io.BytesIO()
             np.savez(buf, **new)
-            cache.write_bytes(buf.getvalue())
+            atomic_write_bytes(cache, buf.getvalue())
     m = len(new["input_ids"])
     new = {k: np.asarray(v) for k, v in new.items() if k in arrays}
     new["hard_weight"] = np.zeros((m,), np.float32)
@@ -388,19 +401,14 @@ def _augmented(run: _Run, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 
 def _read_json(path: epath.Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A JSON file a run wrote (None when absent); a broken one is one `StorageError` line
+    saying how to recover."""
+    return read_json(path, "run again with --config.train.restart=True to start the "
+                     "fine-tuning over (the old files are moved aside), or delete the file")
 
 
 def _write_json(path: epath.Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-
-
-def _read_json(path: epath.Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
+    atomic_write_json(path, obj)
 
 
 class EvaluateAndKeepBest:
@@ -508,7 +516,8 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
     summary = train_and_evaluate(plan, run.mesh, run.rules, stage_dir,
                                  progress=run.progress)
     if summary["interrupted"]:
-        return {"name": name, "interrupted": True, "dir": str(stage_dir)}
+        return {"name": name, "interrupted": True, "signal": summary.get("signal"),
+                "dir": str(stage_dir)}
     best = hook.tracker.best or {}
     record = {"name": name, "dir": str(stage_dir), "init": init.source,
               "model_dir": str(stage_dir / "best"),
@@ -540,23 +549,32 @@ def run_task(config: ml_collections.ConfigDict, workdir: str | epath.Path,
      "model_dir" (WORKDIR/best), "selected_on": "dev" | "heldout", "stages": [...],
      "train_examples", "seconds"}.
     A finished WORKDIR returns its results.json without training; an interrupted run returns
-    {"interrupted": True, ...} and resumes from its checkpoints when called again.
+    {"interrupted": True, "signal", ...} and resumes from its checkpoints when called again.
+    The workdir lock is held throughout (`kdjax.storage.workdir_lock`): a second run in the
+    same WORKDIR - or `train.restart` while one runs - stops with one line, moving nothing.
     """
     workdir = epath.Path(absolute(workdir))
     resolve_config_paths(config)
+    with workdir_lock(workdir):  # before anything is moved or written
+        return _run_task(config, workdir, progress)
+
+
+def _run_task(config: ml_collections.ConfigDict, workdir: epath.Path,
+              progress: bool) -> dict[str, Any]:
     results_file = workdir / RESULTS
     if bool(config.train.restart):  # the stages' own checkpoints are then absent
         if jax.process_index() == 0:
             set_aside(workdir, ("stages", "best", RESULTS))
         sync_processes("kdjax_restart")
         config.train.restart = False
-    if results_file.exists():
-        return json.loads(results_file.read_text())
+    done = _read_json(results_file)
+    if done is not None:
+        return done
     t0 = time.perf_counter()
     run = _prepare(config, workdir, progress)
     if run.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     names = plan_stages(config)
     records = []
     init = run.model
@@ -565,7 +583,8 @@ def run_task(config: ml_collections.ConfigDict, workdir: str | epath.Path,
         record = _train_stage(run, i, name, init, stage_dir)
         records.append(record)
         if record.get("interrupted"):
-            return {"interrupted": True, "workdir": str(workdir), "stages": records}
+            return {"interrupted": True, "signal": record.get("signal"),
+                    "workdir": str(workdir), "stages": records}
         if record.get("best_step") is None:
             raise TrainingError(f"stage {name} produced no evaluation on "
                                 f"{run.splits.selected_on}")

@@ -9,6 +9,8 @@ from typing import Any
 
 from etils import epath
 
+from kdjax.storage import atomic_write_text
+
 
 def _plain(v: Any) -> Any:
     try:
@@ -64,8 +66,8 @@ class MetricsWriter:
             lines = self.path.read_text().splitlines(keepends=True)
             if start_step is not None:
                 kept = [ln for ln in lines if (s := _step_of(ln)) is not None and s <= start_step]
-                if len(kept) != len(lines):
-                    self.path.write_text("".join(kept))
+                if len(kept) != len(lines):  # all at once: a full disk keeps the old file
+                    atomic_write_text(self.path, "".join(kept))
                 lines = kept
             if self._remote:
                 self._lines = lines

@@ -10,6 +10,9 @@ solves this: it catches SIGTERM on any host, tells the others through the coordi
 service, and picks a step every host will still reach; `multihost_utils.
 reached_preemption_sync_point(step)`, called at every step on every host, says when. kdjax
 leaves SIGTERM to it there (a Python handler would replace JAX's).
+
+The command then exits with `exit_status(signal)` (143 after SIGTERM, 130 after Ctrl-C), not
+0: a scheduler sees that the run stopped before its end and should run it again.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ class Preemption:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the signal that asked to stop (SIGTERM if unknown)
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.requested = True
+        self.signum = signum
         log.warning("signal %d: saving a checkpoint after the current step", signum)
 
     def should_stop(self, step: int) -> bool:
@@ -43,7 +48,10 @@ class Preemption:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            return bool(multihost_utils.reached_preemption_sync_point(step))
+            stop = bool(multihost_utils.reached_preemption_sync_point(step))
+            if stop and self.signum is None:
+                self.signum = int(signal.SIGTERM)  # JAX's preemption service caught it
+            return stop
         return self.requested
 
     @contextmanager
@@ -60,3 +68,11 @@ class Preemption:
             for sig, old in self._old.items():
                 signal.signal(sig, old)
             self._old.clear()
+
+
+def exit_status(signum: int | None) -> int:
+    """The exit status of a run stopped (and checkpointed) on `signum`: 128 + the signal, as
+    a shell reports a process the signal killed - 143 for SIGTERM (preemption), 130 for
+    Ctrl-C - so a scheduler tells it from a finished run (0) and retries it; the retry
+    resumes from the checkpoint."""
+    return 128 + int(signum if signum is not None else signal.SIGTERM)

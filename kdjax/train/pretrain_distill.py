@@ -21,15 +21,17 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from kdjax.config_lib import pretrain_config
+from kdjax.config_lib import check_float, pretrain_config
 from kdjax.data.corpus import StepBatches, resolve_sources, tokenize_corpus
 from kdjax.distill.objective import build_objective
-from kdjax.errors import ConfigError, DataError, KdjaxError
+from kdjax.errors import ConfigError, DataError, KdjaxError, StorageError
 from kdjax.modeldir import resolve_model, save_model_dir
 from kdjax.models.config import EncoderConfig
 from kdjax.models.size import count_params, param_report
 from kdjax.paths import absolute, resolve_config_paths
+from kdjax.storage import atomic_write_text, describe, workdir_lock
 from kdjax.train import trainer
+from kdjax.train.checkpoint import set_aside
 from kdjax.train.placement import cast_tree, gather
 from kdjax.train.workloads import DistillWorkload, MaskingSpec, PretrainWorkload
 
@@ -67,7 +69,16 @@ def resolve_tokenizer(config: Any, workdir: epath.Path, teacher_dir: Path | None
             log.info("no tokenizer in %s; training one on the corpus", teacher_dir)
     local = workdir / "tokenizer"
     if (local / "tokenizer.json").exists():
-        return load_tokenizer(str(local))
+        tokenizer, broken = _own_tokenizer(local)
+        if broken is None:
+            return tokenizer
+        if not bool(config.train.restart):
+            raise StorageError(f"{local} (trained by an earlier run in this workdir) is "
+                               f"unreadable ({broken}); run again with "
+                               "--config.train.restart=True to train it again (the old one is "
+                               f"moved aside), or delete {local}")
+        if jax.process_index() == 0:
+            set_aside(workdir, ("tokenizer",))
     if jax.process_count() > 1:
         raise ConfigError("multi-host runs need data.tokenizer (train one first with "
                           "`kdjax tokenizer train`)")
@@ -76,6 +87,21 @@ def resolve_tokenizer(config: Any, workdir: epath.Path, teacher_dir: Path | None
         vocab_size=int(config.data.vocab_size), min_frequency=1, show_progress=False,
         limit_lines=int(config.data.tokenizer_lines) or None,
     )
+
+
+def _own_tokenizer(directory: epath.Path) -> tuple[Any, str | None]:
+    """(tokenizer, None) from the tokenizer a run trained into `directory`, or (None, why it
+    cannot be used). A cut-short tokenizer.json must not fall back silently to vocab.txt
+    (another tokenizer), so the JSON is parsed first."""
+    from kdjax.data.tokenizer import load_tokenizer
+
+    try:
+        json.loads((directory / "tokenizer.json").read_text())
+        return load_tokenizer(str(directory)), None
+    except KdjaxError as e:
+        return None, str(e)
+    except (OSError, ValueError) as e:
+        return None, describe(e)
 
 
 def teacher_overrides(tcfg: Any) -> dict[str, str]:
@@ -130,6 +156,15 @@ def check_run_config(config: Any, kind: str) -> None:
     trainer.check_train_section(config.train)
     if int(config.train.steps) <= 0:
         raise ConfigError(f"train.steps must be a positive integer, got {config.train.steps}")
+    big = trainer.F32_MAX
+    if "mlm_probability" in config.data:
+        check_float("data.mlm_probability", config.data.mlm_probability, 0.0, 1.0, False, False)
+    if kind == "pretrain":
+        for key, bounds in (("disc_weight", (0.0, big)), ("temperature", (0.0, big, False)),
+                            ("temperature_start", (0.0, big, False)),
+                            ("temperature_anneal", (0.0, 1.0))):
+            if key in config.pretrain:
+                check_float(f"pretrain.{key}", config.pretrain[key], *bounds)
 
 
 def _sized(section: Any, name: str, vocab: int) -> EncoderConfig:
@@ -368,29 +403,34 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: 
     """Validate, load data and teacher, restore or initialise the sharded state, jit the step.
 
     Relative paths (`workdir`, and the path-valued config keys) mean relative to the current
-    directory; they are made absolute here, once (see `kdjax.paths`).
+    directory; they are made absolute here, once (see `kdjax.paths`). Holds the workdir lock
+    (`kdjax.storage.workdir_lock`) while it writes (tokenizer, corpus cache, `train.restart`'s
+    moves); `train` holds it from before this until the model is written.
     """
     workdir = epath.Path(absolute(workdir))
     resolve_config_paths(config)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-    run = build_run(config, workdir, kind)
-    plan = make_plan(config, workdir, run, progress)
-    return trainer.prepare(plan, run.mesh, run.rules, workdir), run
+    with workdir_lock(workdir):
+        run = build_run(config, workdir, kind)
+        plan = make_plan(config, workdir, run, progress)
+        return trainer.prepare(plan, run.mesh, run.rules, workdir), run
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | epath.Path, kind: str,
           progress: bool = True) -> dict[str, Any]:
-    """Run `kind` ("distill" or "pretrain") in `workdir`; resume if it has checkpoints."""
-    session, run = prepare(config, workdir, kind, progress=progress)
-    workdir = session.workdir
-    is_main = jax.process_index() == 0
-    if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        print(_start_line(run, session), flush=True)
-    summary = trainer.run(session, progress=progress)
-    state = summary.pop("state")
-    summary.update(_finish(workdir, run, state, is_main, summary))
+    """Run `kind` ("distill" or "pretrain") in `workdir`; resume if it has checkpoints.
+
+    The workdir lock is taken first: a second run in the same workdir (even with
+    `train.restart`) stops with one line before it creates or moves any file."""
+    workdir = epath.Path(absolute(workdir))
+    with workdir_lock(workdir):
+        session, run = prepare(config, workdir, kind, progress=progress)
+        is_main = jax.process_index() == 0
+        if is_main:
+            atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+            print(_start_line(run, session), flush=True)
+        summary = trainer.run(session, progress=progress)
+        state = summary.pop("state")
+        summary.update(_finish(workdir, run, state, is_main, summary))
     return summary
 
 

@@ -17,14 +17,11 @@ its step themselves); `run` is the loop.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -37,6 +34,7 @@ from kdjax import sharding as shd
 from kdjax.data.corpus import Prefetcher
 from kdjax.errors import ConfigError, KdjaxError
 from kdjax.paths import absolute
+from kdjax.storage import workdir_lock
 from kdjax.train.checkpoint import Checkpointer, set_aside
 from kdjax.train.host_memory import advise_on_compiled, sync_each_step
 from kdjax.train.metrics import MetricsWriter
@@ -200,11 +198,38 @@ def make_mesh(mesh_cfg: Any, train_cfg: Any, devices: Sequence[Any] | None = Non
     return mesh, rules
 
 
+# train keys that are floats: (low, high, low included, high included); F32_MAX bounds what
+# the step computes in float32 (lr=1e39 would be inf there).
+F32_MAX = float(np.finfo(np.float32).max)
+TRAIN_FLOATS = {
+    "lr": (0.0, F32_MAX, False, True),
+    "end_lr_factor": (0.0, F32_MAX, True, True),
+    "weight_decay": (0.0, F32_MAX, True, True),
+    "b1": (0.0, 1.0, True, False),
+    "b2": (0.0, 1.0, True, False),
+    "eps": (0.0, F32_MAX, False, True),
+    "clip_norm": (0.0, F32_MAX, True, True),
+    "warmup_steps": (0.0, F32_MAX, True, True),
+}
+
+
 def check_train_section(train_cfg: Any) -> None:
-    """One line per mistake in the cadence keys (before any data is read)."""
+    """One line per mistake in the cadence keys and the optimizer's floats (before any data
+    is read)."""
+    from kdjax.config_lib import check_float
+
     for key in ("batch_size", "log_every", "save_every", "grad_accum"):
         if int(train_cfg[key]) <= 0:
             raise ConfigError(f"train.{key} must be a positive integer, got {train_cfg[key]}")
+    for key, bounds in TRAIN_FLOATS.items():
+        if key in train_cfg:
+            check_float(f"train.{key}", train_cfg[key], *bounds)
+    if int(train_cfg.max_consecutive_skips) <= 0:
+        raise ConfigError("train.max_consecutive_skips must be a positive integer, got "
+                          f"{train_cfg.max_consecutive_skips}")
+    if float(train_cfg.lr) > 1.0:
+        log.warning("train.lr=%g is far above any learning rate that trains a transformer "
+                    "(1e-5 .. 1e-2); expect the run to diverge", float(train_cfg.lr))
 
 
 # -- the step -----------------------------------------------------------------------------------
@@ -327,8 +352,14 @@ def place_teacher(plan: Plan, program: Program) -> Any:
 
 
 def prepare(plan: Plan, mesh: Any, rules: Any, workdir: str | epath.Path) -> Session:
-    """Checkpoints, state (restored or initialised), teacher, jitted step: ready to `run`."""
+    """Checkpoints, state (restored or initialised), teacher, jitted step: ready to `run`.
+    Holds the workdir lock while it opens (with `train.restart`: moves aside) checkpoints."""
     workdir = epath.Path(absolute(workdir))
+    with workdir_lock(workdir):
+        return _prepare(plan, mesh, rules, workdir)
+
+
+def _prepare(plan: Plan, mesh: Any, rules: Any, workdir: epath.Path) -> Session:
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
     ckpt = open_checkpoints(workdir, plan.train)
@@ -370,63 +401,73 @@ class IntervalMean:
         return out
 
 
-def check_skips(values: dict[str, Any], max_skips: int, done: int, ckpt_dir: Any) -> None:
-    """Raise `TrainingError` once `max_skips` updates in a row were non-finite (and skipped)."""
+def check_skips(values: dict[str, Any], max_skips: int, done: int, where: Any) -> None:
+    """Raise `TrainingError` once `max_skips` updates in a row were non-finite (and skipped).
+    `values`: the step's metrics (host); `where`: the `Checkpointer` (its last finite
+    checkpoint is named) or a directory."""
     if values["consecutive_skips"] < max_skips:
         return
     bad = [k for k, v in values.items()
-           if isinstance(v, np.ndarray | float) and not np.isfinite(v)]
+           if isinstance(v, np.ndarray | float | np.floating) and not np.isfinite(v)]
+    last = where.describe_last_finite() if hasattr(where, "describe_last_finite") else \
+        f"the last good checkpoint in {where} is intact: lower train.lr and run again"
     raise TrainingError(
         f"stopped at step {done}: {int(values['consecutive_skips'])} consecutive non-finite "
-        f"updates (non-finite: {', '.join(bad) or 'none now'}); the last good checkpoint in "
-        f"{ckpt_dir} is intact - lower train.lr or check the data"
+        f"updates (non-finite: {', '.join(bad) or 'none now'}); {last}, or check the data"
     )
 
 
+class SkipWatch:
+    """The consecutive-skip limit, counted at every step without a device sync per step: the
+    count of step k is read after step k+1 was dispatched (step k has finished or is about to;
+    the device keeps working on k+1). `flush` checks the last step read so far."""
+
+    def __init__(self, max_skips: int, ckpt: Any):
+        self.max_skips, self.ckpt = max_skips, ckpt
+        self._pending: tuple[int, dict] | None = None
+
+    def push(self, done: int, metrics: dict[str, Any]) -> None:
+        """Record step `done`'s (device) metrics; checks the step before it."""
+        self.flush()
+        self._pending = (done, metrics)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        done, metrics = self._pending
+        self._pending = None
+        if int(jax.device_get(metrics["consecutive_skips"])) >= self.max_skips:
+            values = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            check_skips(values, self.max_skips, done, self.ckpt)
+
+
 def save_or_stop(done: int, steps: int, state: Any, preempt: Preemption, save_every: int,
-                 ckpt: Any, meta: dict) -> bool:
+                 ckpt: Any, meta: dict, skips: Any = None) -> bool:
     """After step `done`: save when due (every `save_every`, the last step, before a stop);
-    returns whether to stop on a signal (every process gets the same answer)."""
+    returns whether to stop on a signal (every process gets the same answer).
+
+    `skips`: the step's consecutive-skip count (device scalar): while updates are being
+    skipped, a scheduled save waits for the next due one (the state of a diverging run is not
+    worth a checkpoint slot); a stop and the last step still save. The checkpointer refuses
+    non-finite values.
+    """
     stop = preempt.should_stop(done)
     if done % save_every == 0 or done == steps or stop:
-        ckpt.save(done, state, {**meta, "step": done, "data_position": done})
+        skipping = 0 if skips is None else int(jax.device_get(skips))
+        if skipping and not stop and done != steps:
+            log.warning("step %d: not saving a checkpoint during %d consecutive skipped "
+                        "(non-finite) updates", done, skipping)
+        else:
+            ckpt.save(done, state, {**meta, "step": done, "data_position": done})
     if stop:
         log.warning("stopped at step %d on signal; checkpoint saved", done)
     return stop
 
 
-@contextlib.contextmanager
-def workdir_lock(workdir: epath.Path) -> Iterator[None]:
-    """One run at a time in a workdir: two would interleave metrics rows and checkpoints.
-    An advisory lock on WORKDIR/.kdjax.lock, held by process 0 for the run (the OS drops it if
-    the process dies); remote (gs://) workdirs are not locked."""
-    if jax.process_index() != 0 or "://" in str(workdir):
-        yield
-        return
-    import fcntl
-
-    path = Path(str(workdir)) / ".kdjax.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise ConfigError(f"{workdir} is in use by another kdjax run ({holder}); wait for "
-                              "it to finish or stop it, or use another --workdir") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def run(session: Session, progress: bool = True) -> dict[str, Any]:
     """Train from `session.start` to `plan.train.steps`. Returns {"state", "last_metrics",
-    "interrupted", "final_step"}; writes metrics.jsonl / TensorBoard and checkpoints."""
+    "interrupted", "signal" (the signal number that stopped an interrupted run, else None),
+    "final_step"}; writes metrics.jsonl / TensorBoard and checkpoints."""
     with workdir_lock(session.workdir):
         return _run(session, progress)
 
@@ -440,6 +481,7 @@ def _run(session: Session, progress: bool) -> dict[str, Any]:
     writer = MetricsWriter(session.workdir, enabled=is_main, start_step=session.start)
     state, frozen = session.state, session.frozen
     preempt, mean = Preemption(), IntervalMean()
+    watch = SkipWatch(max_skips, ckpt)
     last: dict[str, float] = {}
     interrupted = False
     bar = tqdm(total=steps, initial=session.start, disable=not (progress and is_main),
@@ -455,8 +497,9 @@ def _run(session: Session, progress: bool) -> dict[str, Any]:
                 batch = prefetch.next(step)
                 state, metrics = step_fn(state, frozen, batch)
                 ckpt.check()  # a failed background save stops the run here
-                mean.add(metrics)
                 done = step + 1
+                watch.push(done, metrics)  # stops at the step the skip limit is reached
+                mean.add(metrics)
                 if t_mark is None:  # throughput excludes compilation
                     jax.block_until_ready(metrics["loss"])
                     t_mark = time.perf_counter()
@@ -481,12 +524,13 @@ def _run(session: Session, progress: bool) -> dict[str, Any]:
                     last = values
                     bar.set_postfix(loss=f"{values['loss']:.4f}",
                                     tok_s=f"{values.get('tokens_per_s', 0):.0f}")
-                    check_skips(values, max_skips, done, ckpt.directory)
                 bar.update(1)
-                if save_or_stop(done, steps, state, preempt, save_every, ckpt, plan.meta):
+                if save_or_stop(done, steps, state, preempt, save_every, ckpt, plan.meta,
+                                metrics["consecutive_skips"]):
                     interrupted = True
                     break
             if not interrupted:
+                watch.flush()
                 for hook in plan.hooks:  # e.g. the final evaluation after a resume
                     if hook.at_end and hook.last_step < steps:
                         last.update(hook(steps, state, frozen))  # summary only: the step's
@@ -499,6 +543,7 @@ def _run(session: Session, progress: bool) -> dict[str, Any]:
         ckpt.close()
         writer.close()
     return {"state": state, "last_metrics": last, "interrupted": interrupted,
+            "signal": preempt.signum if interrupted else None,
             "final_step": int(jax.device_get(state.step))}
 
 
