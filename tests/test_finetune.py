@@ -207,7 +207,9 @@ def test_finished_workdir_is_not_retrained(finetuned, data, capsys):
     from kdjax.cli import main
 
     workdir = finetuned["workdir"]
-    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    # (the workdir lock's file records each holder: the one file a finished run's rerun writes)
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")
+              if p.is_file() and p.name != ".kdjax.lock"}
     again = run_task(debug_config(data), workdir, progress=False)
     assert again == finetuned["results"]
     rc = main(["finetune", "--config", DEBUG, "--workdir", str(workdir), "--no_progress",
@@ -215,7 +217,8 @@ def test_finished_workdir_is_not_retrained(finetuned, data, capsys):
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["score"] == finetuned["results"]["score"] and line["stages"] == ["finetune"]
-    after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")
+             if p.is_file() and p.name != ".kdjax.lock"}
     assert after == before
 
 
