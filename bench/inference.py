@@ -154,8 +154,9 @@ def worker_prepare(job: dict[str, Any]) -> dict[str, Any]:
     params = unflatten_dict(flat)
     save_model_dir(root / "kdjax", cfg, params, name=job["model"])
     hf_format = "factorized" if cfg.is_factorized else "electra"
-    to_hf(cfg, params, root / "hf", format=hf_format)
-    manifest = to_onnx(cfg, params, root / "onnx", quantize="int8")
+    # the bench's own scratch directories (a crashed earlier prepare may have left files)
+    to_hf(cfg, params, root / "hf", format=hf_format, overwrite=True)
+    manifest = to_onnx(cfg, params, root / "onnx", quantize="int8", overwrite=True)
     n_params = int(sum(v.size for v in flat.values()))
     info = {"model": job["model"], "params": n_params, "hf_format": hf_format,
             "vocab_size": cfg.vocab_size, "architecture": manifest["architecture"],
