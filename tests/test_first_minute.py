@@ -145,8 +145,9 @@ def test_every_command_with_relative_paths(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert Path("runs/select/selection.json").is_file()
 
+    # the scratch pipeline here (seconds); the real-teacher demo: tests/test_demo.py
     code, out, err = _run(capsys, "demo", "--workdir", "demo", "--corpus", "corpus.txt",
-                          "--scale", "0.01", "--no_progress")
+                          "--scale", "0.01", "--teacher", "scratch", "--no_progress")
     assert code == 0, err
     assert "kdjax demo summary" in out
     assert _ckpt_steps(tmp_path / "demo/student") == [3]

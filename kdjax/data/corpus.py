@@ -35,14 +35,19 @@ from kdjax.errors import DataError
 log = logging.getLogger(__name__)
 
 SAMPLE = Path(__file__).resolve().parent / "samples" / "ko_sample.txt"
+GENERAL = Path(__file__).resolve().parent / "samples" / "ko_general.txt"
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
 def builtin_source(name: str) -> list[str]:
-    """Files of a named built-in corpus: 'sample' (kdjax's own Korean sentences) or 'konlpy'
-    (the Korean constitution and bill texts that the KoNLPy package ships)."""
+    """Files of a named built-in corpus: 'sample' (kdjax's own 70 Korean sentences, the demo's
+    held-out set), 'general' (290 more of them, everyday topics: reviews, news, weather, daily
+    life, work; the demo distils on them) or 'konlpy' (the Korean constitution and bill texts
+    that the KoNLPy package ships)."""
     if name == "sample":
         return [str(SAMPLE)]
+    if name == "general":
+        return [str(GENERAL)]
     if name == "konlpy":
         import importlib.util
 
@@ -54,7 +59,8 @@ def builtin_source(name: str) -> list[str]:
         if not files:
             raise DataError(f"no corpus files found under {root}; reinstall konlpy")
         return files
-    raise DataError(f"unknown built-in corpus {name!r}; use builtin:sample or builtin:konlpy")
+    raise DataError(f"unknown built-in corpus {name!r}; use builtin:sample, builtin:general or "
+                    "builtin:konlpy")
 
 
 def resolve_sources(sources: Sequence[str] | str) -> list[str]:

