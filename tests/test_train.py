@@ -615,7 +615,7 @@ def test_teacher_svd_start_without_projections_trains(pretrained, tmp_path):
                    "include_embeddings": True, "projection": False},
         "attn": {"loss": "attention_kl", "feature": "attention", "mapping": "uniform"}}})
     summary = train(config, tmp_path / "run", "distill", progress=False)
-    assert summary["final_step"] == 3 and np.isfinite(summary["final_metrics"]["loss"])
+    assert summary["final_step"] == 3 and np.isfinite(summary["last_metrics"]["loss"])
 
 
 @pytest.mark.slow

