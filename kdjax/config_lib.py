@@ -143,6 +143,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     return config
 
 
+def overrides_for(task: str, overrides: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    """The overrides that apply to `task`: all plain ones, plus `TASK.key=v` ones for this
+    task with the `TASK.` prefix dropped (e.g. `kohate.task.binary=true`)."""
+    out = []
+    for item in overrides:
+        key = item.removeprefix("--config.").removeprefix("config.")
+        head, _, rest = key.partition(".")
+        if head in tasks and rest:
+            if head == task:
+                out.append(rest)
+        else:
+            out.append(key)
+    return out
+
+
 def check_float(key: str, value: Any, low: float, high: float, low_ok: bool = True,
                 high_ok: bool = True) -> float:
     """`value` as a float within [low, high] (`low_ok` / `high_ok`: whether the bound itself

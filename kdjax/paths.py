@@ -44,6 +44,13 @@ def absolute(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as generated docs print it (report.md, model cards): as the user gave it, an
+    absolute local one relative to the current directory, never this machine's own path."""
+    text = os.fspath(path)
+    return os.path.relpath(text) if os.path.isabs(text) else text
+
+
 def _hub_like(text: str) -> bool:
     return text.count("/") == 1 and not text.startswith((".", "/", "~"))
 

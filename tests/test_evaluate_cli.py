@@ -7,6 +7,7 @@ tmp_path) and an NSMC-format data dir; 2 training steps per run, a small through
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_evaluate_writes_report_and_select(setup, capsys):
+def test_evaluate_writes_report_and_select(setup, capsys, monkeypatch):
     m, work = setup["models"], str(setup["root"] / "work")
     # "short" cannot take length-32 inputs: its run fails and is recorded, the others go on
     code, out, err = _run(capsys, "evaluate", "--models", f"{m['big']},{m['small']},{m['short']}",
@@ -128,11 +129,15 @@ def test_evaluate_writes_report_and_select(setup, capsys):
                         "--no_throughput", *FAST)
     assert code == 0, err
     assert results.stat().st_mtime_ns == stamp and cache.stat().st_mtime_ns == base_stamp
+    assert f"Data: `{os.path.relpath(setup['data'])}`." in md  # no absolute path in the doc
+    monkeypatch.chdir(setup["root"])  # a relative --data_dir is printed as given
     code, _, err = _run(capsys, "evaluate", "--models", m["big"], "--names", "big", "--tasks",
-                        "nsmc", "--data_dir", setup["data"], "--workdir", work, "--no_progress",
+                        "nsmc", "--data_dir", "data", "--workdir", work, "--no_progress",
                         "--no_throughput", "--no_baseline", *FAST)
     assert code == 0, err
-    assert "baseline" not in (Path(work) / "report.md").read_text().split("\n\n")[1]
+    md = (Path(work) / "report.md").read_text()
+    assert "baseline" not in md.split("\n\n")[1] and "Data: `data`." in md
+    monkeypatch.undo()
 
     # select: "small" is reused from the same workdir; the fine-tuned best/ of "big" is only
     # evaluated on the held-out split (NSMC has no dev)

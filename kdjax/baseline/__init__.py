@@ -95,8 +95,7 @@ def settings_for(task: str, data_dir: str, overrides: Sequence[str] = (),
     Raises ConfigError for an unknown key, and for keys outside the task section: a baseline
     has no training schedule, so a ``train.*`` override would silently do nothing.
     """
-    from kdjax.config_lib import apply_overrides, finetune_config
-    from kdjax.eval.evaluate import overrides_for
+    from kdjax.config_lib import apply_overrides, finetune_config, overrides_for
 
     mine = overrides_for(task, list(overrides), list(tasks) or [task])
     for item in mine:
@@ -276,8 +275,7 @@ def run_baselines(tasks: str | Sequence[str], data_dir: str, workdir: str | None
                   progress: Progress | None = None) -> Iterator[dict[str, Any]]:
     """`run_baseline` for each task of a spec ("all", "nsmc,korsts"), in order. Every setting
     is validated (one-line errors) before the first fit."""
-    from kdjax.data.tasks import resolve_tasks
-    from kdjax.eval.evaluate import check_data_dir
+    from kdjax.data.tasks import check_data_dir, resolve_tasks
 
     require_sklearn()
     check_data_dir(data_dir)

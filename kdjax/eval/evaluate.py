@@ -18,21 +18,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdjax.errors import ConfigError, DataError, KdjaxError
-from kdjax.paths import absolute, model_ref
+from kdjax.config_lib import apply_overrides, finetune_config, overrides_for
+from kdjax.data.tasks import check_data_dir, get_task, resolve_tasks
+from kdjax.errors import ConfigError, KdjaxError
+from kdjax.modeldir import ModelSpec, resolve_model
+from kdjax.paths import absolute, model_ref, shown
 from kdjax.storage import atomic_write_text, read_json, workdir_lock
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 BASELINE_DIR = "baseline"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DIR_NAMES = ("best", "model", "discriminator", "generator")
 
 
@@ -48,21 +49,6 @@ def split_list(spec: str | Sequence[str] | None) -> list[str]:
 
 def _is_config_spec(path: str) -> bool:
     return path.partition(":")[0].endswith(".py")
-
-
-def check_model_path(path: str) -> None:
-    """ConfigError when `path` is neither an existing path, a size config, nor a hub id."""
-    if _is_config_spec(path):
-        from kdjax.config_lib import resolve_config_path
-
-        resolve_config_path(path)
-        return
-    if Path(path).exists() or (_HUB_ID.match(path) and not path.startswith(".")):
-        return
-    raise ConfigError(
-        f"model path {path!r} does not exist; pass a kdjax model dir, a run workdir, an HF "
-        "directory or hub id, or a size config (e.g. configs/kd_small.py) for random init"
-    )
 
 
 def default_names(paths: Sequence[str]) -> list[str]:
@@ -104,14 +90,6 @@ def check_names(names: Sequence[str] | None, paths: Sequence[str], what: str = "
     return names
 
 
-def check_data_dir(data_dir: str) -> None:
-    if not data_dir:
-        raise DataError("--data_dir is required: the folder with one subfolder per task")
-    if not Path(data_dir).is_dir():
-        raise DataError(f"data_dir {data_dir!r} is not a directory; point --data_dir at the "
-                        "folder holding nsmc/, kohate/ ... (see docs/evaluation.md)")
-
-
 def resolve_teacher(teacher: str | None, names: Sequence[str], paths: Sequence[str]) -> str:
     """The teacher's name: given by name or by path; default the first model."""
     if not teacher:
@@ -128,26 +106,9 @@ def resolve_teacher(teacher: str | None, names: Sequence[str], paths: Sequence[s
     )
 
 
-def overrides_for(task: str, overrides: Sequence[str], tasks: Sequence[str]) -> list[str]:
-    """The overrides that apply to `task`: all plain ones, plus `TASK.key=v` ones for this
-    task with the `TASK.` prefix dropped (e.g. `kohate.task.binary=true`)."""
-    out = []
-    for item in overrides:
-        key = item.removeprefix("--config.").removeprefix("config.")
-        head, _, rest = key.partition(".")
-        if head in tasks and rest:
-            if head == task:
-                out.append(rest)
-        else:
-            out.append(key)
-    return out
-
-
 def task_config(task: str, model: str, data_dir: str, overrides: Sequence[str] = (),
                 name: str = "") -> Any:
     """finetune_config(task) + overrides, with the model path and data_dir set."""
-    from kdjax.config_lib import apply_overrides, finetune_config
-
     config = apply_overrides(finetune_config(task), list(overrides))
     config.model = str(model)
     config.task.data_dir = str(data_dir)
@@ -158,26 +119,8 @@ def task_config(task: str, model: str, data_dir: str, overrides: Sequence[str] =
 
 # -- sizes and throughput -------------------------------------------------------------------------
 
-def model_encoder_config(path: str) -> tuple[Any, Any]:
-    """(EncoderConfig, params or None) of a model path; params None for a size config."""
-    from kdjax.models.config import EncoderConfig
-
-    if _is_config_spec(path):
-        from kdjax.config_lib import load_config
-
-        config = load_config(path)
-        for key in ("model", "student", "discriminator"):
-            if key in config:
-                section = config[key]
-                return EncoderConfig.from_any(section.get("model", section)), None
-        raise ConfigError(f"config {path} has no model, student or discriminator section")
-    from kdjax.modeldir import load_model
-
-    return load_model(path)
-
-
-def measure_model(name: str, path: str, run_dir: Path, *, batch: int = 32, length: int = 128,
-                  iters: int = 10, measure: bool = True) -> dict[str, Any]:
+def measure_model(name: str, model: ModelSpec, run_dir: Path, *, batch: int = 32,
+                  length: int = 128, iters: int = 10, measure: bool = True) -> dict[str, Any]:
     """{"params", "fp32_mb", "sentences_per_s"} of one model (encoder only, no head);
     sentences/s is cached in run_dir/throughput.json."""
     import jax
@@ -185,14 +128,14 @@ def measure_model(name: str, path: str, run_dir: Path, *, batch: int = 32, lengt
     from kdjax.eval.throughput import device_description, throughput
     from kdjax.models.size import param_report
 
-    cfg, params = model_encoder_config(path)
+    cfg, params = model.config, model.params
     size = param_report(cfg.replace(head="none"))
     out: dict[str, Any] = {"params": size["params"], "fp32_mb": size["fp32_mb"],
                            "sentences_per_s": None}
     if not measure:
         return out
     device = device_description()
-    key = {"path": path, "batch": batch, "length": length, "device": device}
+    key = {"path": model.source, "batch": batch, "length": length, "device": device}
     cache = run_dir / "throughput.json"
     if cache.is_file():
         try:
@@ -223,8 +166,9 @@ class RunInterrupted(KdjaxError):
         self.exit_status = exit_status
 
 
-def run_one(config: Any, run_dir: Path) -> dict[str, Any]:
-    """A finished run's saved results, or run_task now (resumes a partial run)."""
+def run_one(config: Any, run_dir: Path, model: ModelSpec | None = None) -> dict[str, Any]:
+    """A finished run's saved results, or run_task now (resumes a partial run); `model` is
+    `config.model` already resolved (`kdjax.modeldir.resolve_model`) by the caller."""
     saved = read_json(run_dir / RESULTS_FILE, f"delete it (or {run_dir}) to run that "
                       "fine-tuning again")
     if saved is not None:
@@ -232,7 +176,7 @@ def run_one(config: Any, run_dir: Path) -> dict[str, Any]:
     from kdjax.train.finetune import run_task
     from kdjax.train.preemption import exit_status
 
-    results = run_task(config, str(run_dir), progress=False)
+    results = run_task(config, str(run_dir), progress=False, model=model)
     if results.get("interrupted"):
         raise RunInterrupted(f"interrupted in {run_dir} (checkpoint saved); run the same "
                              "command again to resume",
@@ -240,16 +184,26 @@ def run_one(config: Any, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+def attempt(what: str, run_dir: Path, fail_fast: bool, fn: Callable[..., dict[str, Any]],
+            *args: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(fn(*args), None), or (None, its error in one line) when it raised: the traceback goes
+    to run_dir/error.txt and the caller records the line. `fail_fast` re-raises, and so does
+    an interrupt (Ctrl-C, SIGTERM, `RunInterrupted`): the command stops there."""
+    try:
+        return fn(*args), None
+    except (KeyboardInterrupt, SystemExit, RunInterrupted):
+        raise
+    except Exception as e:
+        if fail_fast:
+            raise
+        text = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        log.warning("%s failed: %s (details in %s)", what, text, run_dir / "error.txt")
+        import jax
 
-
-def _record_error(run_dir: Path, e: BaseException) -> None:
-    import jax
-
-    if jax.process_index() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(e)))
+        if jax.process_index() == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(e)))
+        return None, text
 
 
 def fit_baselines(task_configs: dict[str, Any], workdir: Path, *, progress: bool = True,
@@ -269,23 +223,18 @@ def fit_baselines(task_configs: dict[str, Any], workdir: Path, *, progress: bool
 
     if jax.process_index() != 0:
         return None
+    def fit(task: str) -> dict[str, Any]:
+        return run_baseline(BaselineSettings.from_task_config(task_configs[task]), workdir,
+                            refit=refit, progress=lambda line: log.info("baseline %s", line))
+
     out: dict[str, Any] = {"name": BASELINE_NAME, "results": {}, "errors": {}}
     bar = tqdm(list(task_configs), desc="baseline", disable=not progress, dynamic_ncols=True,
                unit="task")
     for task in bar:
         bar.set_postfix_str(TASK_LABELS.get(task, task))
-        try:
-            settings = BaselineSettings.from_task_config(task_configs[task])
-            result = run_baseline(settings, workdir, refit=refit,
-                                  progress=lambda line: log.info("baseline %s", line))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:
-            if fail_fast:
-                raise
-            log.warning("baseline on %s failed: %s", task, _error_text(e))
-            _record_error(workdir / task, e)
-            out["errors"][task] = _error_text(e)
+        result, error = attempt(f"baseline on {task}", workdir / task, fail_fast, fit, task)
+        if result is None:
+            out["errors"][task] = error
             continue
         out["results"][task] = result
         log.info("baseline on %s: %s %.2f", task, result["main_metric"], result["score"])
@@ -323,18 +272,15 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
     import jax
     from tqdm.auto import tqdm
 
-    from kdjax.data.tasks import get_task, resolve_tasks
     from kdjax.eval.report import TASK_LABELS, build_report, write_report
     from kdjax.eval.throughput import device_description
 
     models = [model_ref(m) for m in split_list(models)]
-    data_dir, workdir = absolute(data_dir), absolute(workdir)
+    shown_data, data_dir, workdir = shown(data_dir), absolute(data_dir), absolute(workdir)
     if not models:
         raise ConfigError("--models is empty; pass comma-separated model paths")
     check_data_dir(data_dir)
     task_list = resolve_tasks(tasks)
-    for path in models:
-        check_model_path(path)
     if baseline:
         from kdjax.baseline import MissingExtraError, require_sklearn
 
@@ -351,6 +297,8 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
                                                                       task_list), name)
         for task in task_list for name, path in zip(names, models)
     }
+    # Each model is read once, here where it enters; its size, throughput and every run use it.
+    specs = [resolve_model(path, "--models") for path in models]
     # the lock first: nothing below is written while another kdjax run uses WORKDIR
     with workdir_lock(workdir):
         runs_dir = Path(workdir) / "runs"
@@ -361,37 +309,31 @@ def evaluate_models(models: Sequence[str], tasks: str | Sequence[str], data_dir:
                                  fail_fast=fail_fast, refit=refit_baseline)
 
         entries = []
-        for name, path in zip(names, models):
-            size = measure_model(name, path, runs_dir / name, batch=throughput_batch,
+        for name, spec in zip(names, specs):
+            size = measure_model(name, spec, runs_dir / name, batch=throughput_batch,
                                  length=throughput_length, iters=throughput_iters,
                                  measure=measure_throughput)
-            entries.append({"name": name, "path": path, **size, "results": {}, "errors": {}})
+            entries.append({"name": name, "path": spec.source, **size, "results": {},
+                            "errors": {}})
 
         for task in task_list:
-            bar = tqdm(list(zip(names, models)), desc=TASK_LABELS.get(task, task),
+            bar = tqdm(list(zip(names, specs)), desc=TASK_LABELS.get(task, task),
                        disable=not progress or jax.process_index() != 0, dynamic_ncols=True,
                        unit="model")
-            for (name, _), entry in zip(bar, entries):
+            for (name, spec), entry in zip(bar, entries):
                 bar.set_postfix_str(name)
                 run_dir = runs_dir / name / task
-                try:
-                    results = run_one(configs[name, task], run_dir)
-                except (KeyboardInterrupt, SystemExit, RunInterrupted):
-                    raise
-                except Exception as e:
-                    if fail_fast:
-                        raise
-                    log.warning("%s on %s failed: %s (details in %s)", name, task,
-                                _error_text(e), run_dir / "error.txt")
-                    _record_error(run_dir, e)
-                    entry["errors"][task] = _error_text(e)
+                results, error = attempt(f"{name} on {task}", run_dir, fail_fast, run_one,
+                                         configs[name, task], run_dir, spec)
+                if results is None:
+                    entry["errors"][task] = error
                     continue
                 entry["results"][task] = results
                 log.info("%s on %s: %s", name, task, results.get("score"))
             bar.close()
 
         setup = {"batch": throughput_batch, "length": throughput_length,
-                 "device": device_description(), "data_dir": str(data_dir),
+                 "device": device_description(), "data_dir": shown_data,
                  "overrides": overrides}
         report = build_report(entries, task_list, teacher=teacher_name,
                               main_metrics={t: get_task(t).main_metric for t in task_list},

@@ -12,13 +12,14 @@ model in the same WORKDIR reuses its run.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdjax.data.tasks import check_data_dir, get_task, resolve_tasks
 from kdjax.errors import ConfigError, KdjaxError
+from kdjax.modeldir import ModelSpec, is_model_dir, resolve_model
 from kdjax.paths import absolute, model_ref
 from kdjax.storage import atomic_write_json, read_json, workdir_lock
 
@@ -32,44 +33,31 @@ class SelectionError(KdjaxError):
     """No candidate could be fine-tuned / evaluated on the task."""
 
 
-def finetuned_for(path: str, task: str) -> bool:
-    """True when `path` is a kdjax model dir (or a run workdir's best/ or model/) whose head
-    and labels are those of `task`, e.g. the best/ of an earlier `kdjax finetune` run."""
-    from kdjax.data.tasks import get_task
-    from kdjax.modeldir import MODEL_FILE, find_model_dir
-
-    p = Path(path)
-    # a `kdjax finetune` WORKDIR means its best/ (as kdjax.modeldir.resolve_model reads it)
-    model_dir = find_model_dir(p / "best") or find_model_dir(p)
-    if model_dir is None:
+def finetuned_for(model: ModelSpec, task: str) -> bool:
+    """True when `model` was read from a kdjax model dir (or a run workdir's best/ or model/)
+    whose head and labels are those of `task`, e.g. the best/ of an earlier `kdjax finetune`."""
+    if model.tok_dir is None or not is_model_dir(model.tok_dir):
         return False
-    meta = json.loads((model_dir / MODEL_FILE).read_text())
-    recorded = meta.get("task")
-    recorded = recorded.get("name") if isinstance(recorded, dict) else recorded
+    recorded = model.task.get("name") if isinstance(model.task, dict) else model.task
     if recorded and recorded != task:
         return False
-    spec = get_task(task)
-    cfg = meta.get("config", {})
-    if cfg.get("head") != spec.head:
-        return False
-    if spec.head in ("classification", "token_classification") and \
-            cfg.get("num_labels") != spec.num_labels:
-        return False
-    return True
+    spec, cfg = get_task(task), model.config
+    return cfg.head == spec.head and (spec.head not in (
+        "classification", "token_classification") or cfg.num_labels == spec.num_labels)
 
 
-def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
-    """Score an already fine-tuned model (`config.model`) on the task's selection split (dev,
-    or the held-out part of train, split exactly as `run_task` does) without training.
+def score_finetuned(config: Any, run_dir: Path, model: ModelSpec | None = None
+                    ) -> dict[str, Any]:
+    """Score an already fine-tuned model (`config.model`; `model` when the caller has resolved
+    it) on the task's selection split (dev, or the held-out part of train, split exactly as
+    `run_task` does) without training.
 
     Returns (and caches in run_dir/selection_eval.json) {"task", "model", "main_metric",
     "dev": {metric: v}, "dev_score", "selected_on", "model_dir", "evaluated_only": True}.
     """
     import jax
 
-    from kdjax.data.tasks import get_task
     from kdjax.data.tokenizer import load_tokenizer
-    from kdjax.modeldir import resolve_model
     from kdjax.train.finetune import (
         TASK_SETTINGS,
         load_selection,
@@ -84,7 +72,7 @@ def score_finetuned(config: Any, run_dir: Path) -> dict[str, Any]:
         return saved
     tcfg = config.task
     task = get_task(str(tcfg.name), **{k: v for k, v in tcfg.items() if k not in TASK_SETTINGS})
-    spec = resolve_model(str(config.model), "model")
+    spec = model or resolve_model(str(config.model), "model")
     tok_path = config.tokenizer or spec.tok_dir
     if not tok_path:
         raise ConfigError(f"model {config.model!r} has no tokenizer; set --config.tokenizer")
@@ -124,18 +112,7 @@ def select_model(task: str, candidates: Sequence[str], data_dir: str, workdir: s
     import jax
     from tqdm.auto import tqdm
 
-    from kdjax.data.tasks import get_task, resolve_tasks
-    from kdjax.eval.evaluate import (
-        RunInterrupted,
-        _error_text,
-        _record_error,
-        check_data_dir,
-        check_model_path,
-        check_names,
-        run_one,
-        split_list,
-        task_config,
-    )
+    from kdjax.eval.evaluate import attempt, check_names, run_one, split_list, task_config
 
     data_dir, workdir = absolute(data_dir), absolute(workdir)
     check_data_dir(data_dir)
@@ -146,17 +123,15 @@ def select_model(task: str, candidates: Sequence[str], data_dir: str, workdir: s
     candidates = [model_ref(c) for c in split_list(candidates)]
     if not candidates:
         raise ConfigError("--candidates is empty; pass comma-separated model paths")
-    for path in candidates:
-        check_model_path(path)
     names = check_names(split_list(names) if names is not None else None, candidates,
                         what="candidates")
     metric = get_task(task).main_metric
     overrides = list(overrides)
-    configs = {}
-    finetuned = {}
-    for name, path in zip(names, candidates):
-        finetuned[name] = finetuned_for(path, task)
-        configs[name] = task_config(task, path, data_dir, overrides, name)
+    configs = {name: task_config(task, path, data_dir, overrides, name)
+               for name, path in zip(names, candidates)}
+    # Each candidate is read once, here where it enters; its check and its run use it.
+    specs = dict(zip(names, (resolve_model(path, "--candidates") for path in candidates)))
+    finetuned = {name: finetuned_for(spec, task) for name, spec in specs.items()}
 
     # the lock first: nothing below is written while another kdjax run uses WORKDIR
     with workdir_lock(workdir):
@@ -170,17 +145,11 @@ def select_model(task: str, candidates: Sequence[str], data_dir: str, workdir: s
             run_dir = Path(workdir) / "runs" / name / task
             run = {"path": path, "run_dir": str(run_dir), "finetuned": not finetuned[name]}
             runs[name] = run
-            try:
-                results = (score_finetuned(configs[name], run_dir) if finetuned[name]
-                           else run_one(configs[name], run_dir))
-            except (KeyboardInterrupt, SystemExit, RunInterrupted):
-                raise
-            except Exception as e:
-                if fail_fast:
-                    raise
-                log.warning("%s on %s failed: %s", name, task, _error_text(e))
-                _record_error(run_dir, e)
-                run["error"] = _error_text(e)
+            results, error = attempt(f"{name} on {task}", run_dir, fail_fast,
+                                     score_finetuned if finetuned[name] else run_one,
+                                     configs[name], run_dir, specs[name])
+            if results is None:
+                run["error"] = error
                 continue
             run["dev"] = results.get("dev", {})
             run["model_dir"] = results.get("model_dir", "")

@@ -306,7 +306,7 @@ class _Run:
     is_main: bool
 
 
-def _prepare(config: Any, workdir: epath.Path, progress: bool) -> _Run:
+def _prepare(config: Any, workdir: epath.Path, progress: bool, model: ModelSpec | None) -> _Run:
     from kdjax.data.tasks import get_task
     from kdjax.data.tokenizer import load_tokenizer
 
@@ -318,7 +318,7 @@ def _prepare(config: Any, workdir: epath.Path, progress: bool) -> _Run:
     if not data_dir.is_dir():
         raise ConfigError(f"task.data_dir={str(tcfg.data_dir)!r} is not a directory")
     plan_stages(config)
-    model = resolve_model(str(config.model), "model")
+    model = model or resolve_model(str(config.model), "model")
     teacher = None
     if config.distill.teacher:
         teacher = resolve_model(str(config.distill.teacher), "distill.teacher")
@@ -332,8 +332,8 @@ def _prepare(config: Any, workdir: epath.Path, progress: bool) -> _Run:
     tokenizer = load_tokenizer(str(tok_path))
     vocab = len(tokenizer)
     if model.params is None:  # random init: the teacher's vocabulary, else the tokenizer's
-        model.config = model.config.replace(
-            vocab_size=teacher.config.vocab_size if teacher else vocab)
+        model = dataclasses.replace(model, config=model.config.replace(
+            vocab_size=teacher.config.vocab_size if teacher else vocab))
     for name, spec in (("model", model), ("distill.teacher", teacher)):
         if spec is None:
             continue
@@ -540,8 +540,9 @@ def _test_scores(run: _Run, best: ModelSpec) -> dict[str, float]:
 
 
 def run_task(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the enabled stages of `config` in `workdir`; see the module doc.
+             progress: bool = True, model: ModelSpec | None = None) -> dict[str, Any]:
+    """Run the enabled stages of `config` in `workdir`; see the module doc. `model` is
+    `config.model` already resolved (`resolve_model`) by a caller that runs it on many tasks.
 
     Returns (and writes to WORKDIR/results.json):
     {"task", "model", "teacher", "main_metric", "dev": {metric: v}, "test": {metric: v},
@@ -556,11 +557,11 @@ def run_task(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     workdir = epath.Path(absolute(workdir))
     resolve_config_paths(config)
     with workdir_lock(workdir):  # before anything is moved or written
-        return _run_task(config, workdir, progress)
+        return _run_task(config, workdir, progress, model)
 
 
-def _run_task(config: ml_collections.ConfigDict, workdir: epath.Path,
-              progress: bool) -> dict[str, Any]:
+def _run_task(config: ml_collections.ConfigDict, workdir: epath.Path, progress: bool,
+              model: ModelSpec | None) -> dict[str, Any]:
     results_file = workdir / RESULTS
     if bool(config.train.restart):  # the stages' own checkpoints are then absent
         if jax.process_index() == 0:
@@ -571,7 +572,7 @@ def _run_task(config: ml_collections.ConfigDict, workdir: epath.Path,
     if done is not None:
         return done
     t0 = time.perf_counter()
-    run = _prepare(config, workdir, progress)
+    run = _prepare(config, workdir, progress, model)
     if run.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))

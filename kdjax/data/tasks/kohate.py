@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from kdjax.data.tasks import metrics as m
-from kdjax.data.tasks import register
 from kdjax.data.tasks.base import Task, read_table
+from kdjax.data.tasks.registry import register
 from kdjax.errors import DataError
 
 # KoELECTRA finetune/config/hate-speech/koelectra-base-v3.json: max_seq_len 128, 10 epochs,

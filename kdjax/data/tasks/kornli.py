@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdjax.data.tasks import register
 from kdjax.data.tasks.base import Task, read_table
+from kdjax.data.tasks.registry import register
 
 # KoELECTRA finetune/config/kornli/koelectra-base-v3.json: max_seq_len 128, 15 epochs, batch 64,
 # lr 5e-5, warmup_proportion 0, weight_decay 0.

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from kdjax.data.tasks import metrics as m
-from kdjax.data.tasks import register
 from kdjax.data.tasks.base import Task, TaskData, _check_max_length, require_fast
+from kdjax.data.tasks.registry import register
 from kdjax.errors import ConfigError, DataError, ShapeError
 
 # KoELECTRA finetune/config/korquad/koelectra-base-v3.json: max_seq_length 512, doc_stride 128,

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kdjax.data.tasks import register
 from kdjax.data.tasks.base import Task, read_table
+from kdjax.data.tasks.registry import register
 from kdjax.errors import DataError
 
 # KoELECTRA finetune/config/korsts/koelectra-base-v3.json: max_seq_len 128, 10 epochs, batch 32,

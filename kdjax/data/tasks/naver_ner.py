@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from kdjax.data.tasks import metrics as m
-from kdjax.data.tasks import register
 from kdjax.data.tasks.base import (
     _ENCODE_CHUNK,
     IGNORE_INDEX,
@@ -39,6 +38,7 @@ from kdjax.data.tasks.base import (
     _check_max_length,
     require_fast,
 )
+from kdjax.data.tasks.registry import register
 from kdjax.errors import DataError, ShapeError
 
 # KoELECTRA finetune/config/naver-ner/koelectra-base-v3.json: max_seq_len 128, 20 epochs,

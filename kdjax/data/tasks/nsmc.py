@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdjax.data.tasks import register
 from kdjax.data.tasks.base import Task, read_table
+from kdjax.data.tasks.registry import register
 from kdjax.errors import DataError
 
 # KoELECTRA finetune/config/nsmc/koelectra-base-v3.json: max_seq_len 128, 10 epochs, batch 32,
