@@ -7,7 +7,7 @@
   dense overlap scores (TF-IDF cosines, Jaccard overlaps, lengths), standardised on train
   (KorNLI, Question Pair, KorSTS).
 * `TokenFeatures`: one feature-string list per word of a sentence: the word, its affixes and
-  character n-grams, the same for the neighbouring words, its shape (Naver NER).
+  character n-grams, the same for the neighbouring words, its `word_shape` (Naver NER).
 
 Korean words (eojeol) carry their particles (학교에서 = 학교 + 에서), so character n-grams and
 suffixes are what lets a linear model see stems and particles without a morphological analyser.
@@ -142,7 +142,7 @@ class PairFeatures(BaseEstimator, TransformerMixin):
 
 # -- tokens (NER) -------------------------------------------------------------------------------
 
-def _shape(word: str) -> str:
+def word_shape(word: str) -> str:
     """Character classes of a word, runs collapsed: 2018년 -> 9가, Samsung -> Aa."""
     out = []
     for ch in word:
@@ -186,7 +186,7 @@ class TokenFeatures(BaseEstimator, TransformerMixin):
 
     def _word(self, word: str, tag: str, full: bool) -> list[str]:
         w = word.lower()
-        feats = [f"{tag}w={w}", f"{tag}shape={_shape(word)}"]
+        feats = [f"{tag}w={w}", f"{tag}shape={word_shape(word)}"]
         feats += [f"{tag}s{k}={w[-k:]}" for k in (1, 2, 3) if len(w) >= k]
         if full:
             feats += [f"{tag}p{k}={w[:k]}" for k in (1, 2, 3) if len(w) >= k]

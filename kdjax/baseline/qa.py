@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from kdjax.baseline.features import _shape
+from kdjax.baseline.features import word_shape
 from kdjax.data.tasks.metrics import korquad_normalize
 
 # Particles and copula endings that follow a noun phrase, longest first (an answer is the noun
@@ -221,7 +221,7 @@ class QACandidates(BaseEstimator, TransformerMixin):
         n = j - i + 1
         left = next((i - k for k in range(i - 1, -1, -1) if matched[k]), None)
         right = next((k - j for k in range(j + 1, len(words)) if matched[k]), None)
-        shape = _shape(text)
+        shape = word_shape(text)
         shape = shape if len(shape) <= 4 else shape[:2] + "~" + shape[-2:]
         compact = re.sub(r"\s+", "", text)
         in_q = sum(g in q_compact for g in _bigrams(text)) / max(1, len(compact) - 1)

@@ -48,6 +48,7 @@ __all__ = [
     "encode_texts",
     "read_table",
     "require_fast",
+    "row_chunks",
     "span_loss",
     "sequence_loss",
     "regression_loss",
@@ -289,10 +290,9 @@ def require_fast(tokenizer: Any, task: str) -> None:
         )
 
 
-def _check_max_length(max_length: int, task: str) -> int:
-    if not isinstance(max_length, int | np.integer) or max_length < 8:
-        raise ConfigError(f"task {task}: max_length must be an integer >= 8, got {max_length!r}")
-    return int(max_length)
+def row_chunks(n: int) -> list[slice]:
+    """Row slices of `n` rows, one tokenizer call each: bounded memory, still batched."""
+    return [slice(lo, min(n, lo + _ENCODE_CHUNK)) for lo in range(0, n, _ENCODE_CHUNK)]
 
 
 def encode_texts(
@@ -310,11 +310,10 @@ def encode_texts(
         k: np.zeros((n, max_length), np.int32)
         for k in ("input_ids", "attention_mask", "token_type_ids")
     }
-    for lo in range(0, n, _ENCODE_CHUNK):
-        hi = min(n, lo + _ENCODE_CHUNK)
-        args: list[Any] = [list(texts_a[lo:hi])]
+    for rows in row_chunks(n):
+        args: list[Any] = [list(texts_a[rows])]
         if texts_b is not None:
-            args.append(list(texts_b[lo:hi]))
+            args.append(list(texts_b[rows]))
         enc = tokenizer(
             *args,
             truncation="longest_first",
@@ -325,7 +324,7 @@ def encode_texts(
         )
         for k in out:
             if k in enc:
-                out[k][lo:hi] = np.asarray(enc[k], np.int32)
+                out[k][rows] = np.asarray(enc[k], np.int32)
     return out
 
 
@@ -490,12 +489,19 @@ class Task:
 
     # -- features ---------------------------------------------------------------------------
 
+    def _max_length(self, max_length: int) -> int:
+        """`max_length` as an int (every `featurize` checks it first); >= 8 or ConfigError."""
+        if not isinstance(max_length, int | np.integer) or max_length < 8:
+            raise ConfigError(f"task {self.name}: max_length must be an integer >= 8, got "
+                              f"{max_length!r}")
+        return int(max_length)
+
     def featurize(
         self, examples: Sequence[dict[str, Any]], tokenizer: Any, max_length: int
     ) -> TaskData:
         """Arrays for sequence/regression tasks: ``tokenizer(text[, text_b])`` padded to
         `max_length` plus ``labels`` [N] (int32 class ids, or float32 scores)."""
-        max_length = _check_max_length(max_length, self.name)
+        max_length = self._max_length(max_length)
         if self.kind not in ("sequence", "regression"):
             raise NotImplementedError(f"{type(self).__name__} must implement featurize")
         if self.pair:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kdjax.data.tasks import metrics as m
-from kdjax.data.tasks.base import Task, TaskData, _check_max_length, require_fast
+from kdjax.data.tasks.base import Task, TaskData, require_fast
 from kdjax.data.tasks.registry import register
 from kdjax.errors import ConfigError, DataError, ShapeError
 
@@ -114,7 +114,7 @@ class KorQuAD(Task):
         span of each context token in its context, -1 elsewhere), ``max_context`` [N, L] bool.
         """
         require_fast(tokenizer, self.name)
-        max_length = _check_max_length(max_length, self.name)
+        max_length = self._max_length(max_length)
         cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if cls_id is None or sep_id is None:

@@ -39,6 +39,7 @@ __all__ = [
     "macro_f1",
     "pearson",
     "spearman",
+    "split_tag",
 ]
 
 
@@ -120,7 +121,7 @@ def spearman(gold: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndar
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_tag(tag: str) -> tuple[str, str]:
+def split_tag(tag: str) -> tuple[str, str]:
     """('B' | 'I' | 'O', entity type) for a prefix-style or suffix-style BIO tag."""
     if len(tag) > 2:
         if tag[1] in "-_" and tag[0] in "BI":
@@ -138,7 +139,7 @@ def bio_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     spans: list[tuple[str, int, int]] = []
     cur_type, cur_start = "", -1
     for i, tag in enumerate(tags):
-        prefix, typ = _split_tag(tag)
+        prefix, typ = split_tag(tag)
         continues = prefix == "I" and cur_start >= 0 and typ == cur_type
         if continues:
             continue

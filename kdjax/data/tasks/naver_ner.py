@@ -30,14 +30,7 @@ from typing import Any
 import numpy as np
 
 from kdjax.data.tasks import metrics as m
-from kdjax.data.tasks.base import (
-    _ENCODE_CHUNK,
-    IGNORE_INDEX,
-    Task,
-    TaskData,
-    _check_max_length,
-    require_fast,
-)
+from kdjax.data.tasks.base import IGNORE_INDEX, Task, TaskData, require_fast, row_chunks
 from kdjax.data.tasks.registry import register
 from kdjax.errors import DataError, ShapeError
 
@@ -144,7 +137,7 @@ class NaverNER(Task):
             return t
         if t in _OUTSIDE and "O" in self.label_names:
             return "O"
-        prefix, typ = m._split_tag(t)
+        prefix, typ = m.split_tag(t)
         if prefix != "O":
             for cand in (f"{typ}-{prefix}", f"{prefix}-{typ}", f"{typ}_{prefix}"):
                 if cand in self.label_names:
@@ -166,15 +159,15 @@ class NaverNER(Task):
         elsewhere.
         """
         require_fast(tokenizer, self.name)
-        max_length = _check_max_length(max_length, self.name)
+        max_length = self._max_length(max_length)
         n = len(examples)
         keys = ("input_ids", "attention_mask", "token_type_ids")
         arrays = {k: np.zeros((n, max_length), np.int32) for k in keys}
         labels = np.full((n, max_length), IGNORE_INDEX, np.int32)
         word_index = np.full((n, max_length), -1, np.int32)
         index = {name: i for i, name in enumerate(self.label_names)}
-        for lo in range(0, n, _ENCODE_CHUNK):
-            chunk = examples[lo : lo + _ENCODE_CHUNK]
+        for rows in row_chunks(n):
+            chunk = examples[rows]
             enc = tokenizer(
                 [list(e["words"]) for e in chunk],
                 is_split_into_words=True,
@@ -186,9 +179,9 @@ class NaverNER(Task):
             )
             for k in keys:
                 if k in enc:
-                    arrays[k][lo : lo + len(chunk)] = np.asarray(enc[k], np.int32)
+                    arrays[k][rows] = np.asarray(enc[k], np.int32)
             for j, ex in enumerate(chunk):
-                row = lo + j
+                row = rows.start + j
                 prev = None
                 for pos, wid in enumerate(enc.word_ids(j)):
                     if wid is not None and wid != prev:
