@@ -59,7 +59,7 @@ def from_hf(path_or_hub_id: Any, **overrides: Any) -> tuple[EncoderConfig, dict]
 
 
 def to_hf(config: Any, params: Any, out_dir: Any, **kwargs: Any) -> Any:
-    """Export to a HF directory; see `kdjax.export.to_hf`."""
-    from kdjax.export import to_hf as _to_hf
+    """Export to a HF directory; see `kdjax.export_core.to_hf`."""
+    from kdjax.export_core import to_hf as _to_hf
 
     return _to_hf(config, params, out_dir, **kwargs)

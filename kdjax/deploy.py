@@ -6,7 +6,7 @@ manifest: inputs, outputs, sizes, the measured ONNX Runtime vs PyTorch differenc
 takes ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64 [batch, sequence], both axes
 dynamic) and returns the head's outputs (`output_names`).
 
-How: the model is first exported with `kdjax.export.to_hf` (the tested kdjax -> transformers
+How: the model is first exported with `kdjax.export_core.to_hf` (the tested kdjax -> HF
 path), loaded as a PyTorch module (transformers' ELECTRA/BERT classes for the merged graph,
 kdjax's remote-code classes in `kdjax/hf_remote/` for the factorized one) and converted by
 `torch.onnx.export(dynamo=True)`; ``int8`` is ONNX Runtime's dynamic quantization
@@ -317,7 +317,7 @@ def _onnx_config(cfg: EncoderConfig, weights: str, id2label: Any) -> dict[str, A
     model's shape (labels, vocab, max length), so that `AutoTokenizer.from_pretrained(dir)` and
     ONNX Runtime front ends read it without remote code; the ranks of a factorized graph are
     recorded under "kdjax"."""
-    from kdjax.export import hf_config
+    from kdjax.export_core import hf_config
 
     dense = cfg.replace(embedding_rank=0, attention_rank=0, ffn_rank=0)
     config = hf_config(dense, "electra", id2label=id2label, source=cfg)
@@ -364,20 +364,20 @@ def to_onnx(
         (and to kdjax) in the manifest; a difference above 1e-4 is logged as a warning.
       model_card: provenance (run, recipe, metrics...) stored in the manifest as "model_card".
       overwrite: write into a directory holding files kdjax export did not write (see
-        `kdjax.export.check_output_dir`; nothing of theirs is deleted).
+        `kdjax.export_core.check_output_dir`; nothing of theirs is deleted).
 
     Returns {"out", "weights", "head", "inputs", "outputs", "files", "onnx_mb", "int8_mb",
     "initializer_params", "parity_max_abs", ...}.
     """
     require_onnx()
-    from kdjax.export import _check_family, check_output_dir, commit_export, to_hf
+    from kdjax.export_core import check_family, check_output_dir, commit_export, host_tree, to_hf
     from kdjax.storage import Staging
 
     cfg = EncoderConfig.from_any(model_config)
     weights = resolve_weights(cfg, weights)
     quantize = check_quantize(quantize)
     fmt = "factorized" if weights == "factorized" else "electra"
-    _check_family(cfg, fmt)
+    check_family(cfg, fmt)
     out = Path(out_dir).expanduser()
     check_output_dir(out, overwrite)
     names = output_names(cfg.head)
@@ -385,7 +385,7 @@ def to_onnx(
     # Everything is staged inside `out` and renamed into place at the end: a failure (a full
     # disk, a non-finite weight) leaves `out` as it was.
     with tempfile.TemporaryDirectory(prefix="kdjax-onnx-") as tmp, Staging(out) as stage:
-        export_log = logging.getLogger("kdjax.export")
+        export_log = logging.getLogger("kdjax.export_core")
         level = export_log.level
         export_log.setLevel(logging.WARNING)  # its "exported ... to /tmp/..." is not the output
         try:
@@ -431,7 +431,7 @@ def to_onnx(
             manifest["parity_max_abs"] = worst
             ref_cfg = cfg.replace(dtype="float32", param_dtype="float32")
             manifest["parity_kdjax_max_abs"] = max_abs_diff(
-                kdjax_outputs(ref_cfg, _host_params(params), **other), run_session(sess, other))
+                kdjax_outputs(ref_cfg, host_tree(params), **other), run_session(sess, other))
             if max(worst, manifest["parity_kdjax_max_abs"]) > 1e-4:
                 log.warning("onnx: ONNX Runtime differs from the model by %.3g (PyTorch) / "
                             "%.3g (kdjax)", worst, manifest["parity_kdjax_max_abs"])
@@ -458,12 +458,6 @@ def to_onnx(
     log.info("onnx: wrote %s (%.1f MB%s) in %.0f s", out / FP32_FILE, manifest["onnx_mb"],
              f", int8 {manifest['int8_mb']:.1f} MB" if quantize else "", manifest["seconds"])
     return manifest
-
-
-def _host_params(params: Any) -> Any:
-    from kdjax.export import _host_tree
-
-    return _host_tree(params)
 
 
 # -- accuracy of the exported model on a task -------------------------------------------------
@@ -564,6 +558,7 @@ def task_accuracy(
 
     import kdjax
     from kdjax.data.tokenizer import load_tokenizer
+    from kdjax.export_core import host_tree
     from kdjax.modeldir import load_model_dir
 
     t0 = time.perf_counter()
@@ -586,7 +581,7 @@ def task_accuracy(
     net = kdjax.build_model(cfg)
     forward = jax.jit(lambda p, ids, mask, types: net.apply(
         {"params": p}, ids, attention_mask=mask, token_type_ids=types, deterministic=True))
-    params = jax.device_put(_host_params(params))
+    params = jax.device_put(host_tree(params))
     ref_chunks: list[dict[str, np.ndarray]] = []
     for batch in tqdm(_batches(data.arrays, batch_size, False), total=n_batches,
                       desc="kdjax", disable=not progress, leave=False):

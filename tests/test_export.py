@@ -427,7 +427,7 @@ def _fake_pretrain_run(root: Path, vocab: int, tokenizer_dir: Path) -> tuple[Pat
     return wd, {"disc": (disc, d_params), "gen": (gen, gen_full)}
 
 
-def test_export_workdir_main_model_and_generator(tmp_path, vocab, tokenizer_dir):
+def test_export_workdir_main_model_and_generator(tmp_path, vocab, tokenizer_dir, monkeypatch):
     wd, models = _fake_pretrain_run(tmp_path, vocab, tokenizer_dir)
     ids = batch(vocab)
     for part, head in (("", "discriminator"), ("gen", "generator")):
@@ -440,6 +440,11 @@ def test_export_workdir_main_model_and_generator(tmp_path, vocab, tokenizer_dir)
             assert "tiny_pretrain" in readme and "disc_loss" in readme and "| step | 7 |" in readme
             model = load_auto(out, head, format)
             assert_same(torch_outputs(model, *ids), ref, what=f"workdir {part} {format}")
+    # the model card names the workdir as given (relative), never this machine's absolute path
+    assert f"| workdir | {os.path.relpath(wd)} |" in readme
+    monkeypatch.chdir(tmp_path)
+    readme = (export_workdir("run", "out-relative") / "README.md").read_text(encoding="utf-8")
+    assert "| workdir | run |" in readme and str(tmp_path) not in readme
     with pytest.raises(CheckpointError, match="does not record model 'student'"):
         export_workdir(wd, tmp_path / "x", part="student")
     with pytest.raises(CheckpointError, match="step 3"):

@@ -240,7 +240,7 @@ def test_export_refuses_non_finite_weights_and_writes_nothing(tmp_path, capsys, 
                         tmp_path / "cli")
     assert "NaN/inf" in _one_error(code, err) and not (tmp_path / "cli").exists()
     # finite but far beyond a trained model: exported, with a warning
-    with caplog.at_level(logging.WARNING, logger="kdjax.export"):
+    with caplog.at_level(logging.WARNING, logger="kdjax.export_core"):
         to_hf(cfg, _with(params, ("kernel",), 1e12), tmp_path / "huge")
     assert any("1e+12" in r.getMessage() and "diverged" in r.getMessage()
                for r in caplog.records)

@@ -10,6 +10,7 @@ Tiny debug-sized models with numpy-random weights; nothing is downloaded, ../sha
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -262,7 +263,8 @@ def test_cli_exports_a_finetune_workdir(tmp_path, tokenizer_dir, vocab, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     manifest = json.loads((out / deploy.MANIFEST).read_text())
-    assert manifest["model_card"]["workdir"] == str(wd)  # provenance of the run
+    # provenance of the run, its path relative: the directory leaves this machine
+    assert manifest["model_card"]["workdir"] == os.path.relpath(wd)
     # the directory is self-contained: its tokenizer + model.onnx score text like kdjax does
     tok = load_tokenizer(out)
     enc = tok(KOREAN[:4], padding=True, return_tensors="np")

@@ -1,6 +1,6 @@
 """PyTorch code shipped inside kdjax's *factorized* Hugging Face exports.
 
-`kdjax.export.to_hf(..., format="factorized")` copies `configuration_kdjax_electra.py` and
+`kdjax.export_core.to_hf(..., format="factorized")` copies `configuration_kdjax_electra.py` and
 `modeling_kdjax_electra.py` next to the weights and points `auto_map` in config.json at them, so
 that `AutoModel*.from_pretrained(directory, trust_remote_code=True)` loads the low-rank model
 without kdjax installed (only torch and transformers >= 5).
