@@ -11,7 +11,7 @@ libraries XLA calls (YNNPACK / Eigen), which the level does not touch; levels 1 
 slower to run (522 and 550 tok/s).
 
 `import kdjax` calls `prefer_quick_cpu_compile()` before JAX is imported: when JAX will run on the
-CPU only (`kdjax.host_heap.cpu_only_jax`: `JAX_PLATFORMS=cpu`, which `kdjax.host_platform` sets
+CPU only (`kdjax.host_platform.cpu_only_jax`: `JAX_PLATFORMS=cpu`, which `kdjax.host_platform` sets
 when no accelerator is attached, or no accelerator plugin installed) and `XLA_FLAGS` does not
 already set the level, it appends `--xla_backend_optimization_level=2` to `XLA_FLAGS`. Set the
 level yourself in `XLA_FLAGS` (e.g. `--xla_backend_optimization_level=3`) to keep XLA's choice;
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 
-from kdjax.host_heap import backend_started, cpu_only_jax
+from kdjax.host_platform import backend_started, cpu_only_jax
 
 FLAG = "--xla_backend_optimization_level"
 LEVEL = 2

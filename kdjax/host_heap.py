@@ -18,8 +18,8 @@ measured and made it worse: the freed pages faulted back in, 5.0 GB peak RSS aga
 at batch 32.)
 
 `import kdjax` applies it before JAX starts its threads, when JAX will run on the CPU only
-(`JAX_PLATFORMS=cpu`, which `kdjax.host_platform` sets when no accelerator is attached, or no
-GPU/TPU plugin installed); `KDJAX_HOST_HEAP=off` disables it and
+(`kdjax.host_platform.cpu_only_jax`: `JAX_PLATFORMS=cpu`, which `kdjax.host_platform` sets when
+no accelerator is attached, or no GPU/TPU plugin installed); `KDJAX_HOST_HEAP=off` disables it and
 `KDJAX_HOST_HEAP=on` forces it. The arena limit holds only for threads that have not allocated
 yet, so it must run before the first JAX computation; `status()` says whether it did.
 No JAX import here: this module runs before JAX is imported.
@@ -28,11 +28,12 @@ No JAX import here: this module runs before JAX is imported.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import platform
 import re
 import sys
+
+from kdjax.host_platform import backend_started, cpu_only_jax
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -42,9 +43,6 @@ M_ARENA_MAX = -8
 # the kd_small step's temporaries at batch 32 pass that: every step then trimmed and faulted
 # them again (609 tok/s against 1,100 at batch 16).
 TRIM_THRESHOLD = -1
-# Packages whose presence means JAX may run on an accelerator (then the host heap is left as is).
-ACCELERATOR_PLUGINS = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                       "jax_rocm7_plugin", "jax_plugins")
 ENV = "KDJAX_HOST_HEAP"
 
 _status = "not applied"
@@ -53,16 +51,6 @@ _status = "not applied"
 def status() -> str:
     """What `retain_host_heap` did in this process: "on", "on (late: ...)" or why not."""
     return _status
-
-
-def cpu_only_jax(environ: dict[str, str] | None = None) -> bool:
-    """True when JAX will use the CPU backend only: `JAX_PLATFORMS` names only cpu, or it is
-    unset and no accelerator plugin is installed (checked without importing anything)."""
-    env = os.environ if environ is None else environ
-    platforms = {p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()}
-    if platforms:
-        return platforms <= {"cpu"}
-    return not any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
 def _native_threads() -> int:
@@ -114,9 +102,3 @@ def retain_host_heap(environ: dict[str, str] | None = None) -> str:
         "on (late: JAX's CPU backend was already running; import kdjax before the first JAX "
         f"computation for the full effect; {threads} threads)")
     return _status
-
-
-def backend_started() -> bool:
-    """Whether JAX has started a backend in this process (without importing JAX)."""
-    xb = sys.modules.get("jax._src.xla_bridge")
-    return bool(getattr(xb, "_backends", None))

@@ -20,6 +20,7 @@ then goes into JAX's config as well. TPU topology compiles
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.metadata
 import importlib.util
@@ -27,8 +28,6 @@ import os
 import pkgutil
 import sys
 from collections.abc import Iterable
-
-from kdjax.host_heap import backend_started
 
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 # TPU chips' PCI device ids (v3, -, v4, v5p, v5e, v6e, 7x), as jax/_src/hardware_utils.py lists
@@ -50,6 +49,7 @@ def status() -> str:
     return _status
 
 
+@functools.cache  # one scan: this module, host_heap and cpu_compiler all ask at `import kdjax`
 def installed_plugins() -> list[str]:
     """Names of the installed JAX accelerator plugins (libtpu, the `jax_plugins` namespace
     packages and entry points), found without importing JAX or any plugin."""
@@ -67,6 +67,16 @@ def installed_plugins() -> list[str]:
     except Exception:  # noqa: BLE001 - broken metadata must not stop `import kdjax`
         names.append("<unreadable jax_plugins entry points>")
     return sorted(set(names))
+
+
+def cpu_only_jax(environ: dict[str, str] | None = None) -> bool:
+    """True when JAX will use the CPU backend only: `JAX_PLATFORMS` names only cpu, or it is
+    unset and no accelerator plugin is installed (`installed_plugins`)."""
+    env = os.environ if environ is None else environ
+    platforms = {p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()}
+    if platforms:
+        return platforms <= {"cpu"}
+    return not installed_plugins()
 
 
 def plugin_kind(name: str) -> str | None:
@@ -142,3 +152,9 @@ def prefer_cpu_without_accelerator(environ: dict[str, str] | None = None) -> str
             jax_module.config.update("jax_platforms", choice)
         _status = f"JAX_PLATFORMS={choice} ({', '.join(plugins)} installed, no device attached)"
     return _status
+
+
+def backend_started() -> bool:
+    """Whether JAX has started a backend in this process (without importing JAX)."""
+    xb = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(xb, "_backends", None))

@@ -42,11 +42,13 @@ def _probe(setting: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_cpu_only_jax_reads_jax_platforms():
-    assert host_heap.cpu_only_jax({"JAX_PLATFORMS": "cpu"})
-    assert host_heap.cpu_only_jax({"JAX_PLATFORMS": " CPU "})
-    assert not host_heap.cpu_only_jax({"JAX_PLATFORMS": "tpu"})
-    assert not host_heap.cpu_only_jax({"JAX_PLATFORMS": "cuda,cpu"})
+def test_auto_reads_host_platforms_plugin_inventory(monkeypatch):
+    """One list of accelerator plugins: host_platform's scan decides for the heap too."""
+    from kdjax import host_platform
+
+    monkeypatch.setattr(host_platform, "installed_plugins", lambda: ["jax_cuda12_plugin"])
+    line = host_heap.retain_host_heap({"KDJAX_HOST_HEAP": "auto"})
+    assert line.startswith("not applied (JAX may use an accelerator")
 
 
 def test_settings_off_and_invalid_apply_nothing():

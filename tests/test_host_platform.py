@@ -66,6 +66,17 @@ def test_the_users_choice_and_unknown_plugins_are_respected(tmp_path: Path) -> N
     assert hp.decide({}, [], "linux", root) is None  # CPU-only jaxlib: nothing to do
 
 
+def test_cpu_only_jax_reads_jax_platforms_then_the_plugins(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    assert hp.cpu_only_jax({"JAX_PLATFORMS": "cpu"})
+    assert hp.cpu_only_jax({"JAX_PLATFORMS": " CPU "})
+    assert not hp.cpu_only_jax({"JAX_PLATFORMS": "tpu"})
+    assert not hp.cpu_only_jax({"JAX_PLATFORMS": "cuda,cpu"})
+    for plugins, cpu_only in (([], True), (["libtpu"], False), (["jax_rocm7_plugin"], False)):
+        monkeypatch.setattr(hp, "installed_plugins", lambda p=plugins: p)
+        assert hp.cpu_only_jax({}) is cpu_only
+
+
 def test_prefer_cpu_sets_the_variable_only_when_decided(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hp, "installed_plugins", lambda: ["libtpu"])
     monkeypatch.setattr(hp, "attached", lambda kind, root="/": False)
