@@ -1,10 +1,7 @@
 """`kdjax export`: a run's model (its Orbax checkpoint, or a model directory) as a Hugging Face
-directory (`kdjax.export_core.to_hf`, see docs/export.md) or, with ``--format onnx
-[--quantize int8]``, an ONNX Runtime one (`kdjax.deploy.to_onnx`, see docs/deploy.md).
-
-Python API: `export_workdir` (a run -> directory) and, from the export core, `to_hf`
-(config + params -> directory) and `export_size` (exact file size without writing).
-CLI: `add_export_cli` (``kdjax export --workdir DIR --out DIR --format electra|factorized|onnx``).
+directory (`kdjax.export_core.to_hf`, docs/export.md) or an ONNX Runtime one (`--format onnx
+[--quantize int8]`: `kdjax.deploy.to_onnx`, docs/deploy.md). Python: `export_workdir`; CLI:
+`add_export_cli` (``kdjax export --workdir DIR --out DIR --format electra|factorized|onnx``).
 """
 
 from __future__ import annotations
@@ -19,13 +16,10 @@ from typing import Any
 
 from kdjax.errors import CheckpointError, ConfigError, KdjaxError
 from kdjax.export_core import (
-    EXPORT_MANIFEST,
     FORMATS,
     check_dtype,
     check_output_dir,
     export_size,
-    hf_config,
-    hf_state_dict,
     owned_files,
     parse_size,
     to_hf,
@@ -321,15 +315,6 @@ def run_export_cli(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-__all__ = [
-    "EXPORT_MANIFEST",
-    "add_export_cli",
-    "check_output_dir",
-    "export_size",
-    "export_workdir",
-    "hf_config",
-    "hf_state_dict",
-    "parse_size",
-    "run_export_cli",
-    "to_hf",
-]
+# to_hf, export_size, parse_size: the export core's, here too (docs/export.md imports them so)
+__all__ = ["add_export_cli", "export_size", "export_workdir", "parse_size", "run_export_cli",
+           "to_hf"]

@@ -68,14 +68,9 @@ _BERT_ARCHS = {
     "token_classification": "BertForTokenClassification",
     "qa": "BertForQuestionAnswering",
 }
-_AUTO_CLASSES = {
-    "none": "AutoModel",
-    "discriminator": "AutoModelForPreTraining",
-    "generator": "AutoModelForMaskedLM",
-    "classification": "AutoModelForSequenceClassification",
-    "token_classification": "AutoModelForTokenClassification",
-    "qa": "AutoModelForQuestionAnswering",
-}
+# the Auto class of each head: ElectraForMaskedLM -> AutoModelForMaskedLM, ElectraModel -> AutoModel
+_AUTO_CLASSES = {head: "AutoModel" + arch.removeprefix("ElectraModel").removeprefix("Electra")
+                 for head, arch in _ELECTRA_ARCHS.items()}
 _PIPELINE_TAGS = {
     "none": "feature-extraction",
     "discriminator": "feature-extraction",

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kdjax.errors import ConfigError, StorageError
+from kdjax.paths import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ LOCK_FILE = ".kdjax.lock"
 LOG_FILE = "kdjax.log"
 _TMP_SUFFIX = ".kdjax-tmp"
 _STAGING_PREFIX = ".kdjax-staging-"
-
-
-def is_remote(path: Any) -> bool:
-    return "://" in str(path)
 
 
 def describe(e: BaseException) -> str:

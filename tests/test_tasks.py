@@ -470,3 +470,21 @@ def test_losses_are_jittable_and_weighted() -> None:
     assert float(loss) == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError, match="span loss needs"):
         span.loss(jnp.zeros((2, 6)), batch)
+
+
+def test_chunked_tokenizer_calls_give_the_same_arrays(tmp_path: Path, tok, monkeypatch) -> None:
+    """`encode_chunks` (texts, pairs and NER word lists) splits the rows, not the result."""
+    import kdjax.data.tasks.base as base
+
+    write(tmp_path / "train.tsv", NER_TSV)
+    ner, sts = get_task("naver_ner"), get_task("korsts")
+    words = ner.load(tmp_path, "train")
+    pairs = [{"text_a": a, "text_b": b, "label": 1.0} for a, b in zip(SENTENCES, SENTENCES[1:])]
+    whole = [ner.featurize(words, tok, 16), sts.featurize(pairs, tok, 16)]
+    monkeypatch.setattr(base, "_ENCODE_CHUNK", 1)
+    for one, chunked in zip(whole, [ner.featurize(words, tok, 16), sts.featurize(pairs, tok, 16)]):
+        assert one.arrays.keys() == chunked.arrays.keys()
+        for k, v in one.arrays.items():
+            np.testing.assert_array_equal(v, chunked.arrays[k], err_msg=k)
+        for k, v in one.meta.items():
+            np.testing.assert_array_equal(v, chunked.meta[k], err_msg=k)

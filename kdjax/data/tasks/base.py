@@ -45,10 +45,10 @@ __all__ = [
     "KINDS",
     "Task",
     "TaskData",
+    "encode_chunks",
     "encode_texts",
     "read_table",
     "require_fast",
-    "row_chunks",
     "span_loss",
     "sequence_loss",
     "regression_loss",
@@ -290,9 +290,16 @@ def require_fast(tokenizer: Any, task: str) -> None:
         )
 
 
-def row_chunks(n: int) -> list[slice]:
-    """Row slices of `n` rows, one tokenizer call each: bounded memory, still batched."""
-    return [slice(lo, min(n, lo + _ENCODE_CHUNK)) for lo in range(0, n, _ENCODE_CHUNK)]
+def encode_chunks(tokenizer: Any, columns: Sequence[Sequence[Any]], max_length: int,
+                  **kwargs: Any) -> Iterator[tuple[slice, Any]]:
+    """(rows, tokenizer output) per chunk of rows of `columns` (texts, text pairs or word
+    lists; N rows each), padded to `max_length`: bounded memory, still batched for speed."""
+    n = len(columns[0])
+    for lo in range(0, n, _ENCODE_CHUNK):
+        rows = slice(lo, min(n, lo + _ENCODE_CHUNK))
+        yield rows, tokenizer(*(list(c[rows]) for c in columns), max_length=max_length,
+                              padding="max_length", return_token_type_ids=True,
+                              return_attention_mask=True, **kwargs)
 
 
 def encode_texts(
@@ -305,23 +312,12 @@ def encode_texts(
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` [N, max_length] int32.
     """
-    n = len(texts_a)
     out = {
-        k: np.zeros((n, max_length), np.int32)
+        k: np.zeros((len(texts_a), max_length), np.int32)
         for k in ("input_ids", "attention_mask", "token_type_ids")
     }
-    for rows in row_chunks(n):
-        args: list[Any] = [list(texts_a[rows])]
-        if texts_b is not None:
-            args.append(list(texts_b[rows]))
-        enc = tokenizer(
-            *args,
-            truncation="longest_first",
-            max_length=max_length,
-            padding="max_length",
-            return_token_type_ids=True,
-            return_attention_mask=True,
-        )
+    columns = [texts_a] if texts_b is None else [texts_a, texts_b]
+    for rows, enc in encode_chunks(tokenizer, columns, max_length, truncation="longest_first"):
         for k in out:
             if k in enc:
                 out[k][rows] = np.asarray(enc[k], np.int32)

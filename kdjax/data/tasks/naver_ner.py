@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kdjax.data.tasks import metrics as m
-from kdjax.data.tasks.base import IGNORE_INDEX, Task, TaskData, require_fast, row_chunks
+from kdjax.data.tasks.base import IGNORE_INDEX, Task, TaskData, encode_chunks, require_fast
 from kdjax.data.tasks.registry import register
 from kdjax.errors import DataError, ShapeError
 
@@ -166,21 +166,13 @@ class NaverNER(Task):
         labels = np.full((n, max_length), IGNORE_INDEX, np.int32)
         word_index = np.full((n, max_length), -1, np.int32)
         index = {name: i for i, name in enumerate(self.label_names)}
-        for rows in row_chunks(n):
-            chunk = examples[rows]
-            enc = tokenizer(
-                [list(e["words"]) for e in chunk],
-                is_split_into_words=True,
-                truncation=True,
-                max_length=max_length,
-                padding="max_length",
-                return_token_type_ids=True,
-                return_attention_mask=True,
-            )
+        words = [list(e["words"]) for e in examples]
+        for rows, enc in encode_chunks(tokenizer, [words], max_length,
+                                       is_split_into_words=True, truncation=True):
             for k in keys:
                 if k in enc:
                     arrays[k][rows] = np.asarray(enc[k], np.int32)
-            for j, ex in enumerate(chunk):
+            for j, ex in enumerate(examples[rows]):
                 row = rows.start + j
                 prev = None
                 for pos, wid in enumerate(enc.word_ids(j)):
