@@ -13,6 +13,19 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has made its factory
+def pytest_configure(config: pytest.Config) -> None:
+    """Every cache the tests fill lives in pytest's temporary directory, not in the user's home:
+    kdjax's XLA compilation cache (`kdjax.cli.main` in-process and CLI subprocesses read
+    KDJAX_COMPILATION_CACHE; a path you set is kept), and, through XDG_CACHE_HOME / HF_HOME,
+    transformers' remote-code modules, matplotlib's font list and onnxruntime's device id. Set
+    here, before any test module imports transformers (it reads HF_HOME at import)."""
+    caches = config._tmp_path_factory.mktemp("caches", numbered=False)
+    os.environ.setdefault("KDJAX_COMPILATION_CACHE", str(caches / "kdjax-xla"))
+    os.environ["XDG_CACHE_HOME"] = str(caches)
+    os.environ["HF_HOME"] = str(caches / "huggingface")
+
+
 @pytest.fixture(scope="module")
 def xla_cache(tmp_path_factory):
     """A persistent XLA compilation cache for one test module, in-process and for subprocesses.

@@ -539,8 +539,6 @@ def test_checkpoint_from_8_device_mesh_exports_same_weights(tmp_path):
     train_wordpiece([str(SAMPLE)], tok, vocab_size=512, min_frequency=1, show_progress=False)
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    env.setdefault("KDJAX_COMPILATION_CACHE",
-                   str(Path.home() / ".cache" / "kdjax" / "xla-tests"))
     proc = subprocess.run([sys.executable, "-c", _TRAIN_BOTH, str(tmp_path), str(tok)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0 and "TRAINED" in proc.stdout, proc.stderr[-4000:]

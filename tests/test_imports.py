@@ -49,7 +49,8 @@ def _in_function(tree: ast.Module) -> set[int]:
     inside: set[int] = set()
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            inside.update(id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom)))
+            inside.update(id(n) for n in ast.walk(fn)
+                          if isinstance(n, (ast.Import, ast.ImportFrom)))
     return inside
 
 

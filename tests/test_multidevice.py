@@ -42,7 +42,6 @@ def workdir(tmp_path_factory) -> Path:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    env.setdefault("KDJAX_COMPILATION_CACHE", str(Path.home() / ".cache" / "kdjax" / "xla-tests"))
     return env
 
 
