@@ -184,3 +184,26 @@ def test_error_lines(setup, capsys, tmp_path):
     assert "no_model" in _error(capsys, "select", "--task", "nsmc", "--candidates", missing,
                                 "--data_dir", data, *base)
     assert not (tmp_path / "w").exists()  # nothing was trained or written
+
+
+def test_each_model_config_is_parsed_once(setup, capsys, monkeypatch, tmp_path):
+    """`kdjax evaluate` / `select` read a model where it enters and pass its EncoderConfig on:
+    its size, throughput and fine-tuning run do not parse kdjax_model.json again."""
+    small = setup["models"]["small"]
+    saved = json.loads((Path(small) / "kdjax_model.json").read_text())["config"]
+    parsed = []
+    real = EncoderConfig.from_any.__func__
+
+    def counting(cls, cfg):
+        if not isinstance(cfg, EncoderConfig):
+            parsed.append(dict(cfg))
+        return real(cls, cfg)
+
+    monkeypatch.setattr(EncoderConfig, "from_any", classmethod(counting))
+    common = ["--data_dir", setup["data"], "--no_progress", *FAST]
+    for argv in (["evaluate", "--models", small, "--tasks", "nsmc", "--no_baseline", *SPEED],
+                 ["select", "--task", "nsmc", "--candidates", small]):
+        parsed.clear()
+        code, _, err = _run(capsys, *argv, "--workdir", str(tmp_path / argv[0]), *common)
+        assert code == 0, err
+        assert sum(c == saved for c in parsed) == 1, argv[0]
