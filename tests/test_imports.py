@@ -5,7 +5,7 @@ function or under `if TYPE_CHECKING:`, because a function-level import is a depe
 same (it only runs later). Two rules:
 
 - no import cycle between kdjax modules. Excepted: the top-level package's lazy public API
-  (`kdjax.from_hf` / `kdjax.to_hf` import `kdjax.hf` / `kdjax.export` inside the call) and
+  (`kdjax.from_hf` / `kdjax.to_hf` import `kdjax.hf` / `kdjax.export_core` inside the call) and
   `from kdjax import __version__`;
 - no private name (`_x`, not dunder) taken from another kdjax module, by `from m import _x` or
   as `m._x` on an imported module. What two modules share belongs in a lower module both import.
@@ -54,21 +54,33 @@ def _in_function(tree: ast.Module) -> set[int]:
     return inside
 
 
-def scan(name: str) -> tuple[set[str], list[str]]:
-    """(kdjax modules `name` imports, "where: what" for each private name it takes)."""
+def _dotted(node: ast.expr) -> str | None:
+    """`a.b.c` of a Name / Attribute chain, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return f"{head}.{node.attr}" if head else None
+    return None
+
+
+def scan(name: str, text: str | None = None) -> tuple[set[str], list[str]]:
+    """(kdjax modules `name` imports, "where: what" for each private name it takes); `text`
+    stands in for the module's source (the checker's own tests)."""
     path = MODULES[name]
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8") if text is None else text, str(path))
     lazy = _in_function(tree) if name == "kdjax" else set()
     deps: set[str] = set()
     private: list[str] = []
     bound: dict[str, str] = {}  # local name -> the kdjax module it is bound to
+    where = path.relative_to(ROOT)
     for node in ast.walk(tree):
-        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in MODULES:
                     deps.add(alias.name)
-                    bound[alias.asname or alias.name] = alias.name
+                    local = alias.asname or alias.name.split(".")[0]  # `import a.b` binds a
+                    bound[local] = alias.name if alias.asname else local
         elif isinstance(node, ast.ImportFrom) and id(node) not in lazy:
             source = _absolute(node, name)
             if source not in MODULES:
@@ -82,13 +94,14 @@ def scan(name: str) -> tuple[set[str], list[str]]:
                 if not (source == "kdjax" and alias.name == "__version__"):
                     deps.add(source)
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
-                    private.append(f"{where}: from {source} import {alias.name}")
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in bound and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
-            private.append(f"{path.relative_to(ROOT)}:{node.lineno}: "
-                           f"{bound[node.value.id]}.{node.attr}")
+                    private.append(f"{where}:{node.lineno}: from {source} import {alias.name}")
+    for node in ast.walk(tree):  # `module._x` on a bound kdjax module (`kdjax.hf._x` too)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                not node.attr.startswith("__"):
+            head, _, rest = (_dotted(node.value) or "").partition(".")
+            module = bound.get(head, "") + (f".{rest}" if rest else "")
+            if module in MODULES and module != name:
+                private.append(f"{where}:{node.lineno}: {module}.{node.attr}")
     deps.discard(name)
     return deps, private
 
@@ -140,6 +153,20 @@ def test_scanner_sees_the_tree():
     # relative imports resolve (the HF remote code ships with them)
     assert ("kdjax.hf_remote.configuration_kdjax_electra"
             in GRAPH["kdjax.hf_remote.modeling_kdjax_electra"])
+
+
+def test_private_names_are_found_however_imported():
+    deps, private = scan("kdjax.eval.select", (
+        "from kdjax.eval.evaluate import _error_text, attempt\n"
+        "import kdjax.hf\n"
+        "from kdjax.data import tasks as t\n"
+        "def f():\n"
+        "    from kdjax.export_core import _listing\n"
+        "    return kdjax.hf._prefix, t._ALIASES, t.__name__\n"))
+    assert {"kdjax.eval.evaluate", "kdjax.hf", "kdjax.data.tasks", "kdjax.export_core"} <= deps
+    assert [p.split(": ", 1)[1] for p in private] == [
+        "from kdjax.eval.evaluate import _error_text", "from kdjax.export_core import _listing",
+        "kdjax.hf._prefix", "kdjax.data.tasks._ALIASES"]
 
 
 def test_cycle_finder_finds_a_cycle():
