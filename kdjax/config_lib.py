@@ -31,7 +31,8 @@ def resolve_config_path(spec: str) -> tuple[Path, str | None]:
     candidates = [Path(path_str)]
     if not path_str.endswith(".py"):
         candidates.append(Path(path_str + ".py"))
-    candidates += [CONFIG_DIR / c for c in (path_str, path_str + ".py") if not os.path.isabs(c)]
+    bundled = path_str.removeprefix("configs/")  # the README's paths, from another directory
+    candidates += [CONFIG_DIR / c for c in (bundled, bundled + ".py") if not os.path.isabs(c)]
     for cand in candidates:
         if cand.is_file():
             return cand, (arg or None)

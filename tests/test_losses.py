@@ -177,6 +177,25 @@ def ref_wr_distance(s, t, mask):
     return sum(vals) / max(len(vals), 1)
 
 
+def ref_sentence_relation(s, t, mask, temperature=0.05):
+    """Mean-pooled sentences, then per sentence a KL over the others of softmax(cos / T)."""
+    s, t = np.float64(s), np.float64(t)
+    m = _ones(mask, s.shape[:2]).astype(bool)
+    rows = [b for b in range(s.shape[0]) if m[b].any()]
+    ps = {b: s[b][m[b]].mean(0) for b in rows}
+    pt = {b: t[b][m[b]].mean(0) for b in rows}
+    vals = []
+    for a in rows:
+        keys = [c for c in rows if c != a]
+        if not keys:
+            vals.append(0.0)
+            continue
+        ls = [_cos(ps[a], ps[c]) / temperature for c in keys]
+        lt = [_cos(pt[a], pt[c]) / temperature for c in keys]
+        vals.append(_kl(_softmax(lt), _softmax(ls)))
+    return sum(vals) / max(len(vals), 1)
+
+
 def _angle(x, i, j, k):
     return float(_unit(x[j] - x[i]) @ _unit(x[k] - x[i]))
 
@@ -283,6 +302,7 @@ class Case:
     batch_axis: int = 0
     token_axes: tuple[int, ...] = (1,)
     rotate: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    min_batch: int = 1  # a relation across the batch needs 3 examples to be non-zero
 
 
 def _hidden_pair(ds, dt):
@@ -333,6 +353,10 @@ CASES = [
     Case("ltr_angle", L.ltr_angle, _layers_pair(4, 6, 10), ref_ltr_angle,
          batch_axis=1, token_axes=(2,), rotate=_rotate),
     Case("nst_mmd", L.nst_mmd, _hidden_pair(6, 10), ref_nst_mmd, rotate=_rotate),
+    Case("sentence_relation_kl", L.sentence_relation_kl, _hidden_pair(6, 10),
+         ref_sentence_relation, rotate=_rotate, min_batch=3),
+    Case("sentence_relation_kl_t1", L.sentence_relation_kl, _hidden_pair(6, 10),
+         ref_sentence_relation, kwargs={"temperature": 1.0}, rotate=_rotate, min_batch=3),
 ]
 RELATION_CASES = [c for c in CASES if c.rotate is not None]
 
@@ -399,10 +423,12 @@ def test_zero_when_student_equals_teacher(case):
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_positive_with_finite_nonzero_gradient(case):
-    s, t = case.make(np.random.default_rng(2), B, SEQ, False)
-    val, g = _value_and_grad(case, s, t, MASK)
+    batch = max(B, case.min_batch)
+    s, t = case.make(np.random.default_rng(2), batch, SEQ, False)
+    mask = MASK if batch == B else np.tile(MASK, (batch // B + 1, 1))[:batch]
+    val, g = _value_and_grad(case, s, t, mask)
     assert val > 1e-4
-    np.testing.assert_allclose(val, float(_call(case, s, t, MASK)), rtol=1e-5)
+    np.testing.assert_allclose(val, float(_call(case, s, t, mask)), rtol=1e-5)
     assert g.shape == s.shape
     assert _finite(g)
     assert np.abs(g).max() > 1e-6
@@ -643,6 +669,7 @@ def test_losses_registry_complete():
         "kd_loss", "binary_kd_loss", "mse_logits_loss", "masked_lm_kd_loss", "hard_label_loss",
         "hidden_mse", "cosine_loss", "attention_score_mse", "attention_kl", "value_relation_kl",
         "qkv_relation_kl", "wr_distance", "wr_angle", "ltr_distance", "ltr_angle", "nst_mmd",
+        "sentence_relation_kl",
     }
     assert set(L.LOSSES) == public
     for name, fn in L.LOSSES.items():
@@ -710,3 +737,22 @@ def test_shape_errors(call, needle):
 def test_config_errors(call):
     with pytest.raises(ConfigError):
         call()
+
+
+def test_sentence_relation_sees_which_sentence_is_nearest():
+    """Sentences that all sit close to one common direction (E5's geometry, cosine ~0.8):
+    moving one sentence towards another by a small step changes which one is nearest, and the
+    sharp relation sees it where the MSE of the tokens stays small."""
+    rng = np.random.default_rng(11)
+    common = 3.0 * rng.standard_normal(16)
+    t = (common + rng.standard_normal((5, 16)))[:, None, :].repeat(3, axis=1).astype(np.float32)
+    s = t.copy()
+    s[0] = 0.8 * t[0] + 0.2 * t[1]  # sentence 0 leans towards sentence 1
+    mse = float(L.hidden_mse(s, t))
+    rel = float(L.sentence_relation_kl(s, t))
+    assert mse < 0.01 * float(np.mean(t ** 2))  # 0.2% of the tokens' energy
+    assert float(L.sentence_relation_kl(t, t)) == pytest.approx(0.0, abs=1e-6)
+    # the sharp softmax turns the small cosine change into a clear signal (~400x T = 1)
+    assert rel > 100 * float(L.sentence_relation_kl(s, t, temperature=1.0)) and rel > 0.01
+    with pytest.raises(ConfigError, match="temperature"):
+        L.sentence_relation_kl(s, t, temperature=0.0)

@@ -54,6 +54,7 @@ __all__ = [
     "mse_logits_loss",
     "nst_mmd",
     "qkv_relation_kl",
+    "sentence_relation_kl",
     "value_relation_kl",
     "wr_angle",
     "wr_distance",
@@ -647,6 +648,44 @@ def wr_distance(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | No
     return _masked_mean(kl, valid)
 
 
+@_compiled("temperature")
+def sentence_relation_kl(student_h: ArrayLike, teacher_h: ArrayLike,
+                         mask: ArrayLike | None = None,
+                         temperature: float | Array = 0.05) -> Array:
+    """Sentence relation: the nearest-neighbour structure of a batch's sentence embeddings.
+
+    Each example's sentence embedding is its mean over valid tokens (E5's pooling); the
+    cosine similarities between the batch's sentences, divided by `temperature`, diagonal
+    excluded, row softmax, KL(teacher || student) per sentence. Sentence encoders such as
+    multilingual-E5 put every sentence at cosine ~0.84 of every other (std ~0.03), so
+    token-level MSE barely sees the small differences that decide which sentence is nearest;
+    the temperature makes them count.
+
+    Args:
+      student_h: [B, L, D_s]; teacher_h: [B, L, D_t] (widths may differ).
+      mask: [B, L].
+      temperature: > 0; the similarity scale (0.05: a 0.03 difference in cosine is a factor of
+        1.8 in probability).
+
+    Returns:
+      scalar: averaged over the sentences with a valid token (0 for a batch of one).
+    """
+    name = "sentence_relation_kl"
+    _temperature_ok(temperature, name)
+    s, t = _f32(student_h), _f32(teacher_h)
+    _check_tokens(name, s, t)
+    valid = _valid(mask, s.shape[:2], name)
+    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(jnp.float32)
+    ps = jnp.sum(_zero_pad(s, valid), axis=1) / count  # [B, D_s]
+    pt = jnp.sum(_zero_pad(t, valid), axis=1) / count
+    rows = jnp.any(valid, axis=1)  # [B]
+    n = ps.shape[0]
+    key_valid = rows[:, None] & rows[None, :] & ~jnp.eye(n, dtype=bool)
+    s_sim = _normalize(ps) @ _normalize(ps).T / temperature
+    t_sim = _normalize(pt) @ _normalize(pt).T / temperature
+    return _masked_mean(_row_kl(s_sim, t_sim, key_valid), rows)
+
+
 def _angle_potentials(center: Array, others: Array) -> Array:
     """cos of the angle at `center` [..., d] between `others` [..., N, d] -> [..., N, N]."""
     e = _normalize(others - center[..., None, :])
@@ -811,6 +850,7 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "qkv_relation_kl": qkv_relation_kl,
     "wr_distance": wr_distance,
     "wr_angle": wr_angle,
+    "sentence_relation_kl": sentence_relation_kl,
     "ltr_distance": ltr_distance,
     "ltr_angle": ltr_angle,
     "nst_mmd": nst_mmd,

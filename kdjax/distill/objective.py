@@ -59,7 +59,7 @@ FEATURES: dict[str, tuple[str, str]] = {
 # Which losses consume which feature kinds, and how they are called.
 _LOGIT_LOSSES = {"kd_loss", "binary_kd_loss", "mse_logits_loss"}
 _PAIR_LOSSES = {
-    "hidden_mse", "cosine_loss", "wr_distance", "wr_angle", "nst_mmd",
+    "hidden_mse", "cosine_loss", "wr_distance", "wr_angle", "nst_mmd", "sentence_relation_kl",
     "attention_score_mse", "attention_kl", "value_relation_kl", "qkv_relation_kl",
 }
 _STACK_LOSSES = {"ltr_distance", "ltr_angle"}
@@ -70,7 +70,8 @@ _TEMPERATURE_LOSSES = {"kd_loss", "binary_kd_loss"}
 _HIDDEN = ("hidden", "embeddings")
 _LOSS_FEATURES: dict[str, tuple[str, ...]] = {
     **{name: _HIDDEN for name in ("hidden_mse", "cosine_loss", "wr_distance", "wr_angle",
-                                  "nst_mmd", "ltr_distance", "ltr_angle")},
+                                  "nst_mmd", "ltr_distance", "ltr_angle",
+                                  "sentence_relation_kl")},
     "attention_kl": ("attention",),
     "attention_score_mse": ("attention_scores",),
     "value_relation_kl": ("v",),
