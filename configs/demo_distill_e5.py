@@ -23,6 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.student.model.embedding_rank = 256
     config.data.files = "builtin:konlpy,builtin:general"
     config.data.max_length = 64
+    config.data.pack = False  # a row is a sentence: the relation term compares sentences
+    # what the demo measures is the teacher's sentence-embedding neighbourhoods: the batch's
+    # sentence relations on the last layer (the sharp softmax sees E5's small cosine gaps)
+    config.objective.terms.sentence = ml_collections.ConfigDict({
+        "loss": "sentence_relation_kl", "feature": "hidden", "weight": 1.0,
+        "mapping": "last", "include_embeddings": False,
+        "options": {"temperature": 0.05}})
     config.data.heldout_rows = 128
     config.train.update(steps=150, batch_size=32, log_every=25, save_every=150,
                         eval_every=150, lr=3e-4, warmup_steps=15)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdjax.train.demo import agreement, choose_teacher
+from kdjax.train.demo import agreement, choose_teacher, paraphrase_found
 
 
 def test_agreement_counts_same_nearest_neighbours():
@@ -36,6 +36,19 @@ def test_agreement_counts_same_nearest_neighbours():
     near = e + 0.02 * rng.standard_normal(e.shape)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
     assert agreement(near, e)["nn_agreement_pct"] >= 70.0
+
+
+def test_paraphrase_found_counts_partners_as_nearest():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((10, 64))
+    pairs = np.concatenate([base, base + 0.05 * rng.standard_normal(base.shape)])
+    pairs /= np.linalg.norm(pairs, axis=1, keepdims=True)
+    partner = np.concatenate([np.arange(10, 20), np.arange(10)])
+    assert paraphrase_found(pairs, partner) == 100.0
+    # partners shuffled: a sentence's nearest other is almost never the named one
+    assert paraphrase_found(pairs, np.roll(partner, 3)) <= 10.0
+    got = agreement(pairs, pairs, partner)
+    assert got["paraphrase_pct"] == 100.0 and got["nn_agreement_pct"] == 100.0
 
 
 def test_choose_teacher(monkeypatch):

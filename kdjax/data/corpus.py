@@ -36,18 +36,24 @@ log = logging.getLogger(__name__)
 
 SAMPLE = Path(__file__).resolve().parent / "samples" / "ko_sample.txt"
 GENERAL = Path(__file__).resolve().parent / "samples" / "ko_general.txt"
+# Line i paraphrases SAMPLE's line i in other words (few shared pieces): the demo's held-out
+# pairs, so "is a sentence's nearest neighbour its paraphrase" has a right answer.
+PARAPHRASE = Path(__file__).resolve().parent / "samples" / "ko_paraphrase.txt"
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
 def builtin_source(name: str) -> list[str]:
     """Files of a named built-in corpus: 'sample' (kdjax's own 70 Korean sentences, the demo's
-    held-out set), 'general' (290 more of them, everyday topics: reviews, news, weather, daily
+    held-out set), 'paraphrase' (a paraphrase of each of them, line by line; held out with
+    them), 'general' (290 more of them, everyday topics: reviews, news, weather, daily
     life, work; the demo distils on them) or 'konlpy' (the Korean constitution and bill texts
     that the KoNLPy package ships)."""
     if name == "sample":
         return [str(SAMPLE)]
     if name == "general":
         return [str(GENERAL)]
+    if name == "paraphrase":
+        return [str(PARAPHRASE)]
     if name == "konlpy":
         import importlib.util
 
@@ -59,8 +65,8 @@ def builtin_source(name: str) -> list[str]:
         if not files:
             raise DataError(f"no corpus files found under {root}; reinstall konlpy")
         return files
-    raise DataError(f"unknown built-in corpus {name!r}; use builtin:sample, builtin:general or "
-                    "builtin:konlpy")
+    raise DataError(f"unknown built-in corpus {name!r}; use builtin:sample, builtin:paraphrase, "
+                    "builtin:general or builtin:konlpy")
 
 
 def resolve_sources(sources: Sequence[str] | str) -> list[str]:

