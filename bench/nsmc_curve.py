@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         fit = {"a": float(a), "per_doubling": float(b)}
         if b > 0:
             fit["rows_for_target"] = float(2 ** ((args.target - a) / b))
-    out = {"model": args.model, "name": args.name, "test_rows": args.test_rows or 50000,
+    out = {"model": args.model, "workdir": args.workdir, "name": args.name,
+           "test_rows": args.test_rows or 50000,
            "target": args.target, "points": points, "fit": fit,
            "settings": kt.finetune_overrides(["nsmc"])}
     root.mkdir(parents=True, exist_ok=True)
