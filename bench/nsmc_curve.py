@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         fit = {"a": float(a), "per_doubling": float(b)}
         if b > 0:
             fit["rows_for_target"] = float(2 ** ((args.target - a) / b))
+        # returns shrink with data: the slope of the last two points is the less hopeful line
+        (r0, m0), (r1, m1) = [(p["rows"], p["model"]) for p in points[-2:]]
+        last = (m1 - m0) / np.log2(r1 / r0)
+        fit["last_per_doubling"] = float(last)
+        if last > 0 and m1 < args.target:
+            fit["rows_for_target_last"] = float(r1 * 2 ** ((args.target - m1) / last))
     out = {"model": args.model, "workdir": args.workdir, "name": args.name,
            "test_rows": args.test_rows or 50000,
            "target": args.target, "points": points, "fit": fit,
@@ -86,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
                   + (f"; it reaches {args.target:g} at about {fit['rows_for_target']:,.0f} rows "
                      "(an extrapolation beyond the measured range)"
                      if "rows_for_target" in fit else "") + ".")
+        if "rows_for_target_last" in fit:
+            md.append(f"The last two points gain {fit['last_per_doubling']:.2f} per doubling; "
+                      f"at that rate {args.target:g} needs about "
+                      f"{fit['rows_for_target_last']:,.0f} rows.")
     (root / "curve.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
 
