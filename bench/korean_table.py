@@ -1104,15 +1104,25 @@ def main(argv: list[str] | None = None) -> int:
     if "distill" in wanted:
         announce("distill")
         _run_stage(stages, "distill", lambda: _distill_all(root, str(corpus), progress))
-    if "evaluate" not in wanted:
+    if "evaluate" not in wanted:  # the optional stages that stand alone
+        if "init_study" in wanted:
+            _run_stage(stages, "init_study", lambda: init_study(root, data_dir, str(corpus),
+                                                                progress))
         return 0
-    from kdjax.eval.evaluate import evaluate_models
+    from kdjax.eval.evaluate import RunInterrupted, evaluate_models
 
     announce("evaluate")
     t0, c0 = time.perf_counter(), _cpu()
-    report = evaluate_models(paths, tasks, str(data_dir), str(root / "report"), names=names,
-                             teacher="teacher", overrides=finetune_overrides(tasks),
-                             progress=progress, baseline=not args.no_baseline)
+    try:
+        report = evaluate_models(paths, tasks, str(data_dir), str(root / "report"),
+                                 names=names, teacher="teacher",
+                                 overrides=finetune_overrides(tasks), progress=progress,
+                                 baseline=not args.no_baseline)
+    except RunInterrupted as e:  # the time so far counts toward the stage
+        if not stages.done("evaluate"):
+            stages.interrupted("evaluate", time.perf_counter() - t0, _cpu() - c0)
+        _log(f"evaluate: {e}")
+        return e.exit_status
     if not stages.done("evaluate"):
         stages.record("evaluate", time.perf_counter() - t0, _cpu() - c0,
                       load_15min=round(os.getloadavg()[2], 1))

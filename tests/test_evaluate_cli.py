@@ -129,6 +129,12 @@ def test_evaluate_writes_report_and_select(setup, capsys, monkeypatch):
                         "--no_throughput", *FAST)
     assert code == 0, err
     assert results.stat().st_mtime_ns == stamp and cache.stat().st_mtime_ns == base_stamp
+    # ... but not under other settings: one line naming the setting, and nothing retrained
+    line = _error(capsys, "evaluate", "--models", m["big"], "--names", "big", "--tasks", "nsmc",
+                  "--data_dir", setup["data"], "--workdir", work, "--no_progress",
+                  "--no_throughput", *FAST, "--config.train.lr=0.000123")
+    assert "fine-tuned with other settings" in line and "train.lr" in line, line
+    assert results.stat().st_mtime_ns == stamp
     assert f"Data: `{os.path.relpath(setup['data'])}`." in md  # no absolute path in the doc
     monkeypatch.chdir(setup["root"])  # a relative --data_dir is printed as given
     code, _, err = _run(capsys, "evaluate", "--models", m["big"], "--names", "big", "--tasks",

@@ -166,12 +166,59 @@ class RunInterrupted(KdjaxError):
         self.exit_status = exit_status
 
 
+class SettingsChanged(ConfigError):
+    """A finished run's settings differ from the ones asked for: the command stops (reusing
+    its results would mislabel them; retraining silently would discard them)."""
+
+
+# Settings that change what a fine-tuning run learns; the rest (logging, checkpointing, paths,
+# evaluation batch, mesh) may differ between a run and its resumption.
+RESULT_SECTIONS = ("train", "task", "distill", "augment", "stages")
+OPERATIONAL = {"train.log_every", "train.save_every", "train.eval_every", "train.keep",
+               "train.keep_period", "train.async_checkpoints", "train.restart", "task.data_dir"}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changed_settings(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """'KEY: saved -> wanted' for each result-changing setting (`RESULT_SECTIONS`, less
+    `OPERATIONAL`) where a finished run's config.json differs from the config asked for now.
+    A key absent from the saved config (written by an older kdjax) is not a difference."""
+    old = _flat({k: saved.get(k) for k in RESULT_SECTIONS if k in saved})
+    new = _flat({k: wanted.get(k) for k in RESULT_SECTIONS if k in wanted})
+    out = []
+    for key in sorted(set(old) & set(new)):
+        if key in OPERATIONAL:
+            continue
+        a, b = old[key], new[key]
+        if isinstance(a, list | tuple) or isinstance(b, list | tuple):
+            a, b = list(a or []), list(b or [])
+        if a != b and not (isinstance(a, int | float) and isinstance(b, int | float)
+                           and float(a) == float(b)):
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
 def run_one(config: Any, run_dir: Path, model: ModelSpec | None = None) -> dict[str, Any]:
     """A finished run's saved results, or run_task now (resumes a partial run); `model` is
     `config.model` already resolved (`kdjax.modeldir.resolve_model`) by the caller."""
     saved = read_json(run_dir / RESULTS_FILE, f"delete it (or {run_dir}) to run that "
                       "fine-tuning again")
     if saved is not None:
+        changed = changed_settings(read_json(run_dir / "config.json", "delete the run") or {},
+                                   config.to_dict())
+        if changed:
+            raise SettingsChanged(f"{run_dir} was fine-tuned with other settings ("
+                              + "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+                              + "); delete it to fine-tune again with these, or choose another "
+                              "--workdir")
         return saved
     from kdjax.train.finetune import run_task
     from kdjax.train.preemption import exit_status
@@ -188,10 +235,11 @@ def attempt(what: str, run_dir: Path, fail_fast: bool, fn: Callable[..., dict[st
             *args: Any) -> tuple[dict[str, Any] | None, str | None]:
     """(fn(*args), None), or (None, its error in one line) when it raised: the traceback goes
     to run_dir/error.txt and the caller records the line. `fail_fast` re-raises, and so does
-    an interrupt (Ctrl-C, SIGTERM, `RunInterrupted`): the command stops there."""
+    an interrupt (Ctrl-C, SIGTERM, `RunInterrupted`) or a finished run whose settings differ
+    (`SettingsChanged`): the command stops there."""
     try:
         return fn(*args), None
-    except (KeyboardInterrupt, SystemExit, RunInterrupted):
+    except (KeyboardInterrupt, SystemExit, RunInterrupted, SettingsChanged):
         raise
     except Exception as e:
         if fail_fast:
