@@ -1104,10 +1104,13 @@ def main(argv: list[str] | None = None) -> int:
     if "distill" in wanted:
         announce("distill")
         _run_stage(stages, "distill", lambda: _distill_all(root, str(corpus), progress))
-    if "evaluate" not in wanted:  # the optional stages that stand alone
+    def study() -> None:  # after evaluate when both run: it reuses the table's NSMC runs
         if "init_study" in wanted:
             _run_stage(stages, "init_study", lambda: init_study(root, data_dir, str(corpus),
                                                                 progress))
+
+    if "evaluate" not in wanted:  # the optional stage that stands alone
+        study()
         return 0
     from kdjax.eval.evaluate import RunInterrupted, evaluate_models
 
@@ -1140,9 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         if not stages.done("int8"):
             stages.record("int8", time.perf_counter() - t0, _cpu() - c0,
                           load_15min=round(os.getloadavg()[2], 1))
-    if "init_study" in wanted:
-        _run_stage(stages, "init_study", lambda: init_study(root, data_dir, str(corpus),
-                                                            progress))
+    study()
     if args.doc:
         write_e5_page(Path(args.doc), root, data_dir, report, stages, projected, sys.argv)
         _log(f"wrote {args.doc}")
