@@ -283,9 +283,8 @@ def heldout_rates(source: Any, trimmed: Any, files: Sequence[Path], unk: int,
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    # into trim_model's staging folder: the rename into place is Staging.commit's
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def trim_model(model_dir: str | os.PathLike, files: Sequence[str], out_dir: str | os.PathLike,
