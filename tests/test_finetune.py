@@ -326,3 +326,29 @@ def test_config_errors_are_one_clear_line(data, finetuned, tmp_path):
     _one_line_error(lambda: run_task(debug_config(data, f"distill.teacher={sts_dir}"),
                                      tmp_path / "d", progress=False), "1 label")
     assert not (tmp_path / "c" / "results.json").exists()
+
+
+def test_regression_head_starts_at_the_training_labels_mean(data, tmp_path):
+    """A fresh regression head's bias starts at the train labels' mean (KorSTS 0-5 here):
+    a head at 0 under Adam reaches labels near 3 only through its kernel, which dragged the
+    E5 teacher's KorSTS run into predicting the mean (Spearman 12)."""
+    from kdjax.modeldir import load_model
+
+    sts = tmp_path / "korsts"
+    sts.mkdir()
+    pairs = [(a, b) for a in POS for b in NEG + POS]
+    scores = [4.0 + (i % 3) * 0.5 if b in POS else 1.0 + (i % 2) for i, (a, b) in
+              enumerate(pairs)]
+    head = "genre\tfilename\tyear\tid\tscore\tsentence1\tsentence2"
+    for split, rows in (("train", range(0, 40)), ("dev", range(40, 50)),
+                        ("test", range(40, 50))):
+        lines = [head] + [f"g\tf\t2012\t{i:04d}\t{scores[i]:.3f}\t{pairs[i][0]}\t{pairs[i][1]}"
+                          for i in rows]
+        (sts / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = debug_config(data, "task.name=korsts", f"task.data_dir={sts}", "train.steps=1",
+                          "train.lr=1e-9", "train.warmup_steps=0", "eval.every=1")
+    run_task(config, tmp_path / "run", progress=False)
+    _, params = load_model(tmp_path / "run" / "best")
+    bias = np.asarray(params["classifier"]["out_proj"]["bias"])
+    assert bias.shape == (1,)
+    np.testing.assert_allclose(bias, np.mean(scores[:40]), atol=1e-4)

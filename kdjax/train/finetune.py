@@ -191,6 +191,19 @@ def encoder_params(abstract: Any, loaded: Any, keep_head: bool, what: str = "mod
     return unflatten_dict(out)
 
 
+def regression_start(abstract: Any, labels: np.ndarray) -> dict[str, Any]:
+    """A fresh regression head's output bias at the training labels' mean, as a partial host
+    tree over `abstract` (the model's params). Adam moves a bias by about lr a step, so a head
+    that starts at 0 for labels around 2.7 (KorSTS) reaches them only through its kernel: the
+    encoder is pushed to carry the offset and the run collapses to predicting the mean."""
+    key = ("classifier", "out_proj", "bias")
+    flat = flatten_dict(dict(abstract))
+    if key not in flat or np.size(labels) == 0:
+        return {}
+    leaf = flat[key]
+    return unflatten_dict({key: np.full(leaf.shape, float(np.mean(labels)), leaf.dtype)})
+
+
 # -- data -------------------------------------------------------------------------------------
 def selection_split(task: Any, data_dir: str) -> str:
     """Where the best checkpoint is chosen: "dev" when the task has a dev split, else
@@ -494,11 +507,15 @@ def _train_stage(run: _Run, index: int, name: str, init: ModelSpec, stage_dir: e
     train_cfg.steps = steps
     every = int(config.eval.every) or per_epoch
     hook = EvaluateAndKeepBest(run, name, stage_dir, s_cfg, every)
-    initial = None
-    if init.params is not None:
-        def initial(abstract: Any) -> Any:
-            return {"model": encoder_params(abstract["model"], init.params, keep_head,
-                                            init.source)}
+    start_bias = task.kind == "regression" and not keep_head
+
+    def initial(abstract: Any) -> Any:
+        tree = {} if init.params is None else encoder_params(
+            abstract["model"], init.params, keep_head, init.source)
+        if start_bias:
+            tree = unflatten_dict({**flatten_dict(tree), **flatten_dict(
+                regression_start(abstract["model"], arrays["labels"]))})
+        return {"model": tree}
     plan = Plan(
         workload=workload, batches=batches, train=train_cfg, hooks=(hook,),
         meta={"kind": "finetune", "stage": name, "task": task.name,
