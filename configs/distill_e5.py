@@ -60,7 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "name": f"distill_e5_{student}_{vocab}",
         "teacher": {"path": "", "init": "", "dtype": "", "model": teacher},
-        "student": {"model": model, "init": "random" if paper else "teacher_svd"},
+        # layers: the teacher layers a teacher_svd student starts from; () = every k-th
+        "student": {"model": model, "init": "random" if paper else "teacher_svd",
+                    "layers": ()},
         "objective": objective(paper),
         "data": data_config(files="", max_length=128),
         "train": train_config(steps=10_000, batch_size=32, log_every=50, save_every=1000,

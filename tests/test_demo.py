@@ -111,3 +111,37 @@ def test_e5_demo_from_a_relative_workdir(tmp_path, xla_cache):
     np.testing.assert_allclose(hf, np.asarray(ours), atol=2e-4)
     assert (tmp_path / "demo" / "student" / "model" / "kdjax_model.json").is_file()
     assert Path(tmp_path / "demo" / "teacher" / "tokenizer.json").is_file()
+
+
+def test_row_length_fits_the_longest_sentence_rounded_to_8(tmp_path):
+    """The demo's distillation rows are as long as its longest sentence (rounded up to 8,
+    at most 64): padding every 24-token sentence to 64 spent 60 % of each step on padding."""
+    from kdjax.data.tokenizer import train_wordpiece
+    from kdjax.train.demo import row_length
+
+    short = tmp_path / "short.txt"
+    short.write_text("오늘 날씨가 좋다\n영화가 재미있다\n\n", encoding="utf-8")
+    long = tmp_path / "long.txt"
+    long.write_text(" ".join(["오늘"] * 100) + "\n", encoding="utf-8")
+    train_wordpiece([str(short), str(long)], tmp_path / "tok", vocab_size=60, min_frequency=1,
+                    show_progress=False)
+    n = row_length(tmp_path / "tok", [str(short)])
+    assert n % 8 == 0 and 8 <= n <= 16
+    assert row_length(tmp_path / "tok", [str(short), str(long)]) == 64
+    assert row_length(tmp_path / "tok", [str(long)], cap=32) == 32
+
+
+def test_student_layers_pick_the_start_layers():
+    import ml_collections
+
+    from kdjax.errors import ConfigError
+    from kdjax.train.pretrain_distill import init_layers
+
+    def cfg(layers):
+        return ml_collections.ConfigDict({"student": {"layers": layers}})
+
+    assert init_layers(cfg((1, 5, 8, 12))) == [1, 5, 8, 12]
+    assert init_layers(cfg(())) is None
+    assert init_layers(ml_collections.ConfigDict({"student": {}})) is None
+    with pytest.raises(ConfigError, match="student.layers"):
+        init_layers(cfg("1,5"))

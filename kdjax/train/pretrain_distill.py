@@ -257,6 +257,17 @@ def build_run(config: Any, workdir: epath.Path, kind: str) -> CorpusRun:
                      meta, int(config.train.batch_size), int(data_cfg.max_length))
 
 
+def init_layers(config: Any) -> list[int] | None:
+    """`student.layers`: the teacher layers (1-based) a teacher_svd student starts from; unset or
+    empty = every k-th (`kdjax.factorize.every_kth`)."""
+    layers = config.student.get("layers") or ()
+    if isinstance(layers, str) or not all(isinstance(x, int) and not isinstance(x, bool)
+                                          for x in layers):
+        raise ConfigError(f"student.layers must be teacher layer numbers such as (1, 5, 8, 12), "
+                          f"got {layers!r}")
+    return list(layers) or None
+
+
 def student_init(config: Any, run: CorpusRun) -> Any:
     """The student's initial params (host numpy) for student.init: random (None) |
     teacher_svd | PATH (a trained model, SVD-factorized to the student's ranks: e.g. LF-V1..V3
@@ -271,7 +282,8 @@ def student_init(config: Any, run: CorpusRun) -> Any:
                               "(teacher.path)")
         from kdjax.factorize import init_student_from_teacher
 
-        student = init_student_from_teacher(run.teacher["params"], run.teacher["config"], s_cfg)
+        student = init_student_from_teacher(run.teacher["params"], run.teacher["config"], s_cfg,
+                                            init_layers(config))
     else:
         if not Path(str(init)).expanduser().exists():
             raise ConfigError(f"student.init={init!r} is not one of random, teacher_svd, or an "
