@@ -32,6 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
         "loss": "sentence_relation_kl", "feature": "hidden", "weight": 1.0,
         "mapping": "last", "include_embeddings": False,
         "options": {"temperature": 0.05}})
+    # the teacher's first and last layers and two evenly between; `kdjax demo` starts the
+    # student from them, each SVD whitened by the teacher's inputs on the training sentences
+    # (activation-aware, `kdjax.train.demo.start_student`), and passes it as student.init.
+    # Each student layer is distilled against the teacher layer it started from
+    config.student.layers = (1, 5, 8, 12)
+    pairs = tuple(zip(range(1, 5), config.student.layers, strict=True))
+    config.objective.terms.hidden.update(mapping="explicit", pairs=((0, 0),) + pairs)
+    config.objective.terms.attn.update(mapping="explicit", pairs=pairs)
     config.data.heldout_rows = 128
     config.train.update(steps=150, batch_size=32, log_every=25, save_every=150,
                         eval_every=150, lr=3e-4, warmup_steps=15)

@@ -101,6 +101,35 @@ def svd_factors(w: ArrayLike, rank: int) -> tuple[ArrayLike, ArrayLike]:
     return _like(w, down), _like(w, up)
 
 
+def whitened_svd_factors(w: ArrayLike, gram: np.ndarray, rank: int,
+                         damp: float = 1e-2) -> tuple[ArrayLike, ArrayLike]:
+    """Activation-aware truncated SVD of `w` [in, out]: the rank-r `down @ up` that minimises
+    E||x (w - down @ up)||^2 over inputs x with second moment `gram` = E[x^T x] [in, in]
+    (SVD-LLM's whitening), instead of ||w - down @ up||.
+
+    With gram + damp * mean(diag) * I = L L^T (Cholesky), M = L^T w = U S V^T:
+    down = L^-T U_r sqrt(S_r) [in, r], up = sqrt(S_r) V_r^T [r, out]. At full rank it is `w`
+    exactly; the damping keeps directions the data never used from blowing up. float64, cast
+    back to `w`'s dtype. Raises ShapeError when `gram` is not [in, in].
+    """
+    shape = tuple(np.shape(w))
+    if len(shape) != 2 or tuple(np.shape(gram)) != (shape[0], shape[0]):
+        raise ShapeError(f"whitened_svd_factors needs w [in, out] and gram [in, in], got w "
+                         f"{shape} and gram {tuple(np.shape(gram))}")
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or \
+            not 1 <= rank <= min(shape):
+        raise ConfigError(f"rank={rank!r} is not in [1, {min(shape)}] for a matrix of shape "
+                          f"{shape}")
+    g = np.asarray(gram, np.float64)
+    g = (g + g.T) / 2 + damp * max(float(np.mean(np.diag(g))), 1e-12) * np.eye(shape[0])
+    chol = np.linalg.cholesky(g)  # lower: g = L L^T
+    u, sv, vt = np.linalg.svd(chol.T @ _float64(w), full_matrices=False)
+    root = np.sqrt(sv[:rank])
+    down = np.linalg.solve(chol.T, u[:, :rank] * root[None, :])
+    up = root[:, None] * vt[:rank, :]
+    return _like(w, down), _like(w, up)
+
+
 def merge_factors(down: ArrayLike, up: ArrayLike) -> ArrayLike:
     """`down` [..., in, r] @ `up` [..., r, out] -> [..., in, out], in float64, then cast.
 
@@ -321,9 +350,11 @@ def _dense_config(cfg: EncoderConfig) -> EncoderConfig:
 
 
 # -- conversion ---------------------------------------------------------------------------------
-def _projection(sub: Mapping, src_rank: int, dst_rank: int, where: str) -> Params:
+def _projection(sub: Mapping, src_rank: int, dst_rank: int, where: str,
+                grams: Mapping[str, np.ndarray] | None = None) -> Params:
     """A dense `{kernel, bias}` or low-rank `{down: {kernel}, up: {kernel, bias}}` projection
-    of rank `src_rank` re-expressed at `dst_rank` (0 = dense): merge, then truncated SVD."""
+    of rank `src_rank` re-expressed at `dst_rank` (0 = dense): merge, then truncated SVD
+    (whitened by the input Gram matrix `grams[where]` when there is one)."""
     if src_rank == dst_rank:
         return _plain(sub)
     if src_rank:
@@ -335,7 +366,9 @@ def _projection(sub: Mapping, src_rank: int, dst_rank: int, where: str) -> Param
         kernel, bias = _child(sub, "kernel", where), _child(sub, "bias", where)
     if not dst_rank:
         return {"kernel": kernel, "bias": bias}
-    down, up = svd_factors(kernel, dst_rank)
+    gram = (grams or {}).get(where)
+    down, up = svd_factors(kernel, dst_rank) if gram is None else \
+        whitened_svd_factors(kernel, gram, dst_rank)
     return {"down": {"kernel": down}, "up": {"kernel": up, "bias": bias}}
 
 
@@ -353,7 +386,8 @@ def _word_embeddings(sub: Mapping, src_rank: int, dst_rank: int) -> Params:
     return {"embedding": down, "projection": up}
 
 
-def _layer(layer: Mapping, src: EncoderConfig, dst: EncoderConfig, where: str) -> Params:
+def _layer(layer: Mapping, src: EncoderConfig, dst: EncoderConfig, where: str,
+           grams: Mapping[str, np.ndarray] | None = None) -> Params:
     out = _plain(layer)
     attention = _child(layer, "attention", where)
     out["attention"] = {
@@ -364,18 +398,20 @@ def _layer(layer: Mapping, src: EncoderConfig, dst: EncoderConfig, where: str) -
                 src.attention_rank,
                 dst.attention_rank,
                 f"{where}attention/{name}/",
+                grams,
             )
             for name in ATTENTION_PROJECTIONS
         },
     }
     for name in FFN_PROJECTIONS:
         out[name] = _projection(
-            _child(layer, name, where), src.ffn_rank, dst.ffn_rank, f"{where}{name}/"
+            _child(layer, name, where), src.ffn_rank, dst.ffn_rank, f"{where}{name}/", grams
         )
     return out
 
 
-def _convert(params: Mapping, src: EncoderConfig, dst: EncoderConfig) -> Params:
+def _convert(params: Mapping, src: EncoderConfig, dst: EncoderConfig,
+             grams: Mapping[str, np.ndarray] | None = None) -> Params:
     """`params` of `src` -> parameters of `dst` (same widths, layers and head; any ranks and
     layouts): factors are merged and/or re-factorized by truncated SVD, the rest is copied and
     cast to `dst.param_dtype`. The result is checked against `init_params(dst)`'s shapes."""
@@ -393,7 +429,8 @@ def _convert(params: Mapping, src: EncoderConfig, dst: EncoderConfig) -> Params:
             out[key] = emb
         elif key == "encoder":
             out[key] = {
-                name: _layer(layer, src, dst, f"encoder/{name}/") for name, layer in value.items()
+                name: _layer(layer, src, dst, f"encoder/{name}/", grams)
+                for name, layer in value.items()
             }
         elif key in HEAD_KEYS and dst.head == "none":
             continue
@@ -498,6 +535,7 @@ def select_layers(
     teacher_cfg: EncoderConfig,
     layers: Sequence[int],
     student_cfg: EncoderConfig | None = None,
+    grams: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[EncoderConfig, Params]:
     """DistilBERT-style student: the teacher's layers `layers`, embeddings and head.
 
@@ -510,6 +548,8 @@ def select_layers(
         Its num_layers must equal `len(layers)`; its widths and head must be the teacher's
         (a head 'none' drops the head). Its layout may differ, and so may its ranks: the copied
         weights are then merged / SVD-factorized as in `factorize_params`.
+      grams: the teacher's input Gram matrices (`kdjax.activation_stats.input_grams`): the
+        SVD is then whitened by them (activation-aware, `whitened_svd_factors`).
     Returns:
       (student_cfg, student_params), the params shaped exactly like `init_params(student_cfg)`.
     """
@@ -537,7 +577,11 @@ def select_layers(
         **{f"layer_{i}": _plain(encoder[f"layer_{t - 1}"]) for i, t in enumerate(picked)},
     }
     mid_cfg = teacher_cfg.replace(num_layers=len(picked), scan_layers=False)
-    return student_cfg, _convert(loop, mid_cfg, student_cfg)
+    if grams:
+        from kdjax.activation_stats import select_grams
+
+        grams = select_grams(grams, picked)
+    return student_cfg, _convert(loop, mid_cfg, student_cfg, grams)
 
 
 def init_student_from_teacher(
@@ -545,8 +589,10 @@ def init_student_from_teacher(
     teacher_cfg: EncoderConfig,
     student_cfg: EncoderConfig,
     layers: Sequence[int] | None = None,
+    grams: Mapping[str, np.ndarray] | None = None,
 ) -> Params:
-    """Student params from a teacher: pick layers (default `every_kth`), then SVD to its ranks.
+    """Student params from a teacher: pick layers (default `every_kth`), then SVD to its ranks
+    (whitened by the teacher's input `grams` when given: `select_layers`).
 
     `student_cfg` must have the teacher's widths (hidden, FFN, embedding, vocab, heads) and
     head; it may have fewer layers, low ranks and either layout. Returns params shaped exactly
@@ -564,4 +610,4 @@ def init_student_from_teacher(
     )
     if layers is None:
         layers = every_kth(teacher_cfg.num_layers, student_cfg.num_layers)
-    return select_layers(teacher_params, teacher_cfg, layers, student_cfg)[1]
+    return select_layers(teacher_params, teacher_cfg, layers, student_cfg, grams)[1]

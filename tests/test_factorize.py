@@ -439,3 +439,74 @@ def test_init_student_with_other_widths_explains_the_alternative():
     assert "\n" not in message
     assert "hidden_size" in message and "32" in message and "16" in message
     assert "SVD" in message and "random init" in message
+
+
+# -- activation-aware (whitened) SVD --------------------------------------------------------------
+def test_whitened_svd_is_exact_at_full_rank_and_better_on_its_inputs():
+    from kdjax.factorize import svd_factors, whitened_svd_factors
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(24, 40))
+    # inputs that use a few directions strongly: where plain SVD spends rank on the wrong ones
+    x = rng.normal(size=(500, 24)) * np.geomspace(10.0, 0.01, 24)
+    gram = x.T @ x / len(x)
+    down, up = whitened_svd_factors(w, gram, 24, damp=0.0)
+    np.testing.assert_allclose(down @ up, w, atol=1e-8)
+    for rank in (2, 6, 12):
+        pd, pu = svd_factors(w, rank)
+        err_plain = np.linalg.norm(x @ (w - pd @ pu))
+        for damp, factor in ((1e-8, 0.75), (1e-2, 1.0)):  # ~optimal; the default damping
+            wd, wu = whitened_svd_factors(w, gram, rank, damp=damp)
+            assert wd.shape == (24, rank) and wu.shape == (rank, 40)
+            err_white = np.linalg.norm(x @ (w - wd @ wu))
+            assert err_white < factor * err_plain, (rank, damp, err_white, err_plain)
+    # identity statistics: the plain SVD's product
+    wd, wu = whitened_svd_factors(w, np.eye(24), 6, damp=0.0)
+    np.testing.assert_allclose(wd @ wu, np.matmul(*svd_factors(w, 6)), atol=1e-8)
+    with pytest.raises(ShapeError, match="gram"):
+        whitened_svd_factors(w, np.eye(23), 6)
+    with pytest.raises(ConfigError, match="rank"):
+        whitened_svd_factors(w, gram, 25)
+
+
+def test_input_grams_are_each_projections_inputs_over_real_tokens():
+    from kdjax.activation_stats import input_grams
+
+    cfg = BASE.replace(num_layers=3, head="none")
+    params = random_params(cfg)
+    grams = input_grams(params, cfg, [{"input_ids": BATCH_IDS, "attention_mask": BATCH_MASK}])
+    names = ("attention/query/", "attention/key/", "attention/value/", "attention/output/",
+             "intermediate/", "output/")
+    assert set(grams) == {f"encoder/layer_{i}/{n}" for i in range(3) for n in names}
+    hidden = run(cfg, params)[:-1]
+    real = BATCH_MASK.astype(bool)
+    for i in range(3):  # q / k / v read the layer's input: hidden state i
+        x = hidden[i][real].astype(np.float64)
+        np.testing.assert_allclose(grams[f"encoder/layer_{i}/attention/query/"],
+                                   x.T @ x / len(x), rtol=1e-4, atol=1e-5)
+        assert grams[f"encoder/layer_{i}/output/"].shape == (F, F)
+    only = input_grams(params, cfg, [{"input_ids": BATCH_IDS, "attention_mask": BATCH_MASK}],
+                       layers=[2])
+    assert {k.split("/")[1] for k in only} == {"layer_1"}
+
+
+def test_whitened_student_start_is_closer_to_the_teacher_on_the_data():
+    """select_layers with the teacher's grams: the student's hidden states on the data the
+    grams came from are closer to the teacher's layers' than with the plain SVD."""
+    from kdjax.activation_stats import input_grams
+    from kdjax.factorize import select_layers
+
+    teacher = BASE.replace(num_layers=4, head="none")
+    params = random_params(teacher, seed=5)
+    batch = [{"input_ids": BATCH_IDS, "attention_mask": BATCH_MASK}]
+    grams = input_grams(params, teacher, batch, layers=[2, 4])
+    student = teacher.replace(num_layers=2, ffn_rank=4, attention_rank=6)
+    _, plain = select_layers(params, teacher, [2, 4], student)
+    _, white = select_layers(params, teacher, [2, 4], student, grams)
+    assert_like_init(white, student)
+    full_cfg, full = select_layers(params, teacher, [2, 4])
+    ref = run(full_cfg, full)[1]  # the full-rank student's first layer
+    real = BATCH_MASK.astype(bool)
+    err = {name: float(np.linalg.norm((run(student, p)[1] - ref)[real]))
+           for name, p in (("plain", plain), ("whitened", white))}
+    assert err["whitened"] < err["plain"], err

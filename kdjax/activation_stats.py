@@ -1,0 +1,94 @@
+"""Input statistics of a model's linear layers, for activation-aware SVD (`kdjax.factorize`).
+
+`input_grams` runs the model on a few batches and sums, for every encoder projection
+(attention query / key / value / output, FFN intermediate / output), X^T X over the real
+(unpadded) tokens of its input X [tokens, in]. A truncated SVD whitened by that Gram matrix
+keeps what the layer does to the inputs it actually sees, not to every direction equally:
+the student started from it is closer to the teacher on real text (SVD-LLM, Wang et al. 2024;
+ASVD, Yuan et al. 2023 use the same idea with a diagonal scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+
+from kdjax.models.config import EncoderConfig
+
+PROJECTION_NAMES = ("query", "key", "value", "output", "intermediate")
+
+
+def _projection_key(path: tuple[str, ...]) -> str | None:
+    """'encoder/layer_3/attention/query/' for a Dense at that path, else None."""
+    if len(path) < 3 or path[0] != "encoder" or not path[1].startswith("layer_"):
+        return None
+    if path[-1] not in PROJECTION_NAMES:
+        return None
+    return "/".join(path) + "/"
+
+
+def input_grams(params: Mapping, cfg: EncoderConfig,
+                batches: Iterable[Mapping[str, np.ndarray]],
+                layers: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+    """Per projection: (sum of x^T x [in, in] over real tokens) / token count, float64.
+
+    Args:
+      params: the model's parameters (either layer layout).
+      cfg: its config.
+      batches: dicts with ``input_ids`` and ``attention_mask`` [batch, length].
+      layers: only these layers (1-based, as `kdjax.factorize.select_layers` numbers them);
+        default all.
+    Returns:
+      {'encoder/layer_{i}/attention/{query,key,value,output}/' and
+       'encoder/layer_{i}/{intermediate,output}/': Gram [in, in]} (0-based layers, the loop
+      layout's names), the mean over tokens of x x^T.
+    """
+    from kdjax.factorize import unstack_layers
+    from kdjax.models.model import build_model
+
+    loop_cfg = cfg.replace(scan_layers=False, head="none")
+    loop = unstack_layers(params, cfg)
+    loop = {k: v for k, v in loop.items() if k in ("embeddings", "encoder")}
+    model = build_model(loop_cfg)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    mask_now: list[np.ndarray] = []
+    wanted = None if layers is None else {f"encoder/layer_{t - 1}/" for t in layers}
+
+    def record(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+        key = None
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            key = _projection_key(tuple(context.module.path))
+            if key is not None and wanted is not None and \
+                    "/".join(key.split("/")[:2]) + "/" not in wanted:
+                key = None
+        if key is not None and args:
+            rows = np.asarray(args[0], np.float32)[mask_now[0]]  # [real tokens, in]
+            # float32 products (sgemm), summed per batch in float64
+            sums[key] = sums.get(key, 0.0) + (rows.T @ rows).astype(np.float64)
+            counts[key] = counts.get(key, 0) + rows.shape[0]
+        return next_fun(*args, **kwargs)
+
+    for batch in batches:
+        mask = np.asarray(batch["attention_mask"]).astype(bool)
+        mask_now[:] = [mask]
+        with nn.intercept_methods(record):
+            model.apply({"params": loop}, np.asarray(batch["input_ids"]),
+                        attention_mask=np.asarray(batch["attention_mask"]),
+                        deterministic=True)
+    return {k: sums[k] / max(1, counts[k]) for k in sums}
+
+
+def select_grams(grams: Mapping[str, np.ndarray], layers: list[int]) -> dict[str, np.ndarray]:
+    """Teacher-layer grams renamed for a student made of teacher `layers` (1-based, in student
+    order): student layer i gets teacher layer layers[i]'s statistics."""
+    out = {}
+    for i, t in enumerate(layers):
+        prefix = f"encoder/layer_{t - 1}/"
+        for key, value in grams.items():
+            if key.startswith(prefix):
+                out[f"encoder/layer_{i}/" + key[len(prefix):]] = value
+    return out
