@@ -46,6 +46,10 @@ def input_grams(params: Mapping, cfg: EncoderConfig,
        'encoder/layer_{i}/{intermediate,output}/': Gram [in, in]} (0-based layers, the loop
       layout's names), the mean over tokens of x x^T.
     """
+    import jax
+    import jax.numpy as jnp
+    from flax.traverse_util import flatten_dict
+
     from kdjax.factorize import unstack_layers
     from kdjax.models.model import build_model
 
@@ -53,33 +57,43 @@ def input_grams(params: Mapping, cfg: EncoderConfig,
     loop = unstack_layers(params, cfg)
     loop = {k: v for k, v in loop.items() if k in ("embeddings", "encoder")}
     model = build_model(loop_cfg)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    mask_now: list[np.ndarray] = []
-    wanted = None if layers is None else {f"encoder/layer_{t - 1}/" for t in layers}
+    wanted = None if layers is None else {f"layer_{t - 1}" for t in layers}
 
-    def record(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
-        key = None
-        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-            key = _projection_key(tuple(context.module.path))
-            if key is not None and wanted is not None and \
-                    "/".join(key.split("/")[:2]) + "/" not in wanted:
-                key = None
-        if key is not None and args:
-            rows = np.asarray(args[0], np.float32)[mask_now[0]]  # [real tokens, in]
-            # float32 products (sgemm), summed per batch in float64
-            sums[key] = sums.get(key, 0.0) + (rows.T @ rows).astype(np.float64)
-            counts[key] = counts.get(key, 0) + rows.shape[0]
-        return next_fun(*args, **kwargs)
+    @jax.jit
+    def batch_grams(p: Any, ids: Any, mask: Any) -> Any:
+        m = mask.astype(jnp.float32)[..., None]
 
-    for batch in batches:
-        mask = np.asarray(batch["attention_mask"]).astype(bool)
-        mask_now[:] = [mask]
+        def record(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+            path = tuple(context.module.path)
+            if isinstance(context.module, nn.Dense) and context.method_name == "__call__" \
+                    and _projection_key(path) and (wanted is None or path[1] in wanted):
+                x = args[0].astype(jnp.float32)  # [B, L, in]; padding rows weigh 0
+                context.module.sow("grams", "sum", jnp.einsum("bli,blj->ij", x * m, x))
+            return next_fun(*args, **kwargs)
+
         with nn.intercept_methods(record):
-            model.apply({"params": loop}, np.asarray(batch["input_ids"]),
-                        attention_mask=np.asarray(batch["attention_mask"]),
-                        deterministic=True)
-    return {k: sums[k] / max(1, counts[k]) for k in sums}
+            _, state = model.apply({"params": p}, ids, attention_mask=mask, deterministic=True,
+                                   mutable=["grams"])
+        return state["grams"]
+
+    sums: dict[str, np.ndarray] = {}
+    tokens = 0
+    rows = 0
+    for batch in batches:
+        ids = np.asarray(batch["input_ids"])
+        mask = np.asarray(batch["attention_mask"]).astype(np.int32)
+        rows = rows or len(ids)
+        if len(ids) < rows:  # a short last batch: padding rows (mask 0), not a second compile
+            ids = np.concatenate([ids, np.zeros((rows - len(ids), ids.shape[1]), ids.dtype)])
+            mask = np.concatenate([mask, np.zeros((rows - len(mask), mask.shape[1]),
+                                                  mask.dtype)])
+        got = flatten_dict(jax.device_get(batch_grams(loop, ids, mask)))
+        tokens += int(mask.sum())
+        for path, value in got.items():  # path: (..module path.., "sum"); value: (gram,)
+            key = _projection_key(tuple(path[:-1]))
+            assert key is not None
+            sums[key] = sums.get(key, 0.0) + np.asarray(value[0], np.float64)
+    return {k: v / max(1, tokens) for k, v in sums.items()}
 
 
 def select_grams(grams: Mapping[str, np.ndarray], layers: list[int]) -> dict[str, np.ndarray]:

@@ -485,6 +485,12 @@ def test_input_grams_are_each_projections_inputs_over_real_tokens():
         np.testing.assert_allclose(grams[f"encoder/layer_{i}/attention/query/"],
                                    x.T @ x / len(x), rtol=1e-4, atol=1e-5)
         assert grams[f"encoder/layer_{i}/output/"].shape == (F, F)
+    # in two batches, the second shorter (padded inside): the same statistics
+    split = input_grams(params, cfg, [
+        {"input_ids": BATCH_IDS[:2], "attention_mask": BATCH_MASK[:2]},
+        {"input_ids": BATCH_IDS[2:], "attention_mask": BATCH_MASK[2:]}])
+    for key, value in grams.items():
+        np.testing.assert_allclose(split[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
     only = input_grams(params, cfg, [{"input_ids": BATCH_IDS, "attention_mask": BATCH_MASK}],
                        layers=[2])
     assert {k.split("/")[1] for k in only} == {"layer_1"}
