@@ -328,6 +328,25 @@ def test_config_errors_are_one_clear_line(data, finetuned, tmp_path):
     assert not (tmp_path / "c" / "results.json").exists()
 
 
+def test_head_start_is_the_label_prior():
+    """Classification heads start at the labels' log frequencies (add-one, centred), token
+    heads over labelled positions only; span heads and unknown kinds get nothing."""
+    from kdjax.train.finetune import head_start
+
+    token = {"classifier": {"classifier": {"bias": np.zeros(3, np.float32)}}}
+    labels = np.array([[0, 0, 0, 0, 0, 1, -100, -100], [0, 0, 0, 0, 0, 0, 2, -100]])
+    bias = head_start(token, "token", labels)["classifier"]["classifier"]["bias"]
+    counts = np.array([11.0, 1.0, 1.0]) + 1
+    want = np.log(counts / counts.sum())
+    np.testing.assert_allclose(bias, want - want.mean(), rtol=1e-6)
+    assert bias.dtype == np.float32 and bias[0] > bias[1] == bias[2]
+    seq = {"classifier": {"out_proj": {"bias": np.zeros(2, np.float32)}}}
+    balanced = head_start(seq, "sequence", np.array([0, 1, 0, 1]))
+    np.testing.assert_allclose(balanced["classifier"]["out_proj"]["bias"], 0.0, atol=1e-7)
+    assert head_start(seq, "span", np.array([0, 1])) == {}
+    assert head_start({"qa_head": {}}, "token", labels) == {}
+
+
 def test_regression_head_starts_at_the_training_labels_mean(data, tmp_path):
     """A fresh regression head's bias starts at the train labels' mean (KorSTS 0-5 here):
     a head at 0 under Adam reaches labels near 3 only through its kernel, which dragged the
