@@ -110,8 +110,10 @@ E5_PLAN: dict[str, Any] = {
         "kornli": {"train.epochs": 3.0, "task.max_length": 128, "task.buckets": (64, 128)},
         "korsts": {"task.limit_train": 3_000, "task.max_length": 128,
                    "task.buckets": (64, 128)},
+        # NER at lr 3e-4: the kd student (head at the tag prior) reaches dev F1 47.4 in these
+        # 189 steps, 26.1 at lr 1e-4 (0.0 with the head at 0)
         "naver_ner": {"task.limit_train": 2_000, "train.epochs": 3.0, "task.max_length": 128,
-                      "task.buckets": (64, 128)},
+                      "task.buckets": (64, 128), "train.lr": 3e-4},
         # one 384-token window holds most question + paragraph pairs (281 + 20 tokens on
         # average): fewer tokens than 256-token windows with a 128 stride
         "korquad": {"task.limit_train": 400, "train.batch_size": 16, "task.max_length": 384,
