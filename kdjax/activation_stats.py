@@ -94,15 +94,3 @@ def input_grams(params: Mapping, cfg: EncoderConfig,
             assert key is not None
             sums[key] = sums.get(key, 0.0) + np.asarray(value[0], np.float64)
     return {k: v / max(1, tokens) for k, v in sums.items()}
-
-
-def select_grams(grams: Mapping[str, np.ndarray], layers: list[int]) -> dict[str, np.ndarray]:
-    """Teacher-layer grams renamed for a student made of teacher `layers` (1-based, in student
-    order): student layer i gets teacher layer layers[i]'s statistics."""
-    out = {}
-    for i, t in enumerate(layers):
-        prefix = f"encoder/layer_{t - 1}/"
-        for key, value in grams.items():
-            if key.startswith(prefix):
-                out[f"encoder/layer_{i}/" + key[len(prefix):]] = value
-    return out

@@ -578,10 +578,20 @@ def select_layers(
     }
     mid_cfg = teacher_cfg.replace(num_layers=len(picked), scan_layers=False)
     if grams:
-        from kdjax.activation_stats import select_grams
-
         grams = select_grams(grams, picked)
     return student_cfg, _convert(loop, mid_cfg, student_cfg, grams)
+
+
+def select_grams(grams: Mapping[str, np.ndarray], layers: list[int]) -> dict[str, np.ndarray]:
+    """Teacher-layer grams renamed for a student made of teacher `layers` (1-based, in student
+    order): student layer i gets teacher layer layers[i]'s statistics."""
+    out = {}
+    for i, t in enumerate(layers):
+        prefix = f"encoder/layer_{t - 1}/"
+        for key, value in grams.items():
+            if key.startswith(prefix):
+                out[f"encoder/layer_{i}/" + key[len(prefix):]] = value
+    return out
 
 
 def init_student_from_teacher(
