@@ -72,6 +72,16 @@ def _float64(x: ArrayLike) -> np.ndarray:
     return np.asarray(x).astype(np.float64)
 
 
+def _check_rank(rank: Any, shape: tuple[int, ...]) -> None:
+    """ConfigError unless `rank` is an int in [1, min(in, out)] for a [..., in, out] matrix."""
+    limit = min(shape[-2:])
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or not 1 <= rank <= limit:
+        raise ConfigError(
+            f"rank={rank!r} is not in [1, {limit}] for a matrix of shape {shape} "
+            f"(the rank can be at most min(in, out))"
+        )
+
+
 def svd_factors(w: ArrayLike, rank: int) -> tuple[ArrayLike, ArrayLike]:
     """Truncated SVD of `w` [..., in, out] into balanced factors with `down @ up ~= w`.
 
@@ -88,12 +98,7 @@ def svd_factors(w: ArrayLike, rank: int) -> tuple[ArrayLike, ArrayLike]:
     shape = tuple(np.shape(w))
     if len(shape) < 2:
         raise ShapeError(f"svd_factors needs a [..., in, out] matrix, got shape {shape}")
-    limit = min(shape[-2:])
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or not 1 <= rank <= limit:
-        raise ConfigError(
-            f"rank={rank!r} is not in [1, {limit}] for a matrix of shape {shape} "
-            f"(the rank can be at most min(in, out))"
-        )
+    _check_rank(rank, shape)
     u, s, vt = np.linalg.svd(_float64(w), full_matrices=False)
     root = np.sqrt(s[..., :rank])
     down = u[..., :, :rank] * root[..., None, :]
@@ -116,10 +121,7 @@ def whitened_svd_factors(w: ArrayLike, gram: np.ndarray, rank: int,
     if len(shape) != 2 or tuple(np.shape(gram)) != (shape[0], shape[0]):
         raise ShapeError(f"whitened_svd_factors needs w [in, out] and gram [in, in], got w "
                          f"{shape} and gram {tuple(np.shape(gram))}")
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or \
-            not 1 <= rank <= min(shape):
-        raise ConfigError(f"rank={rank!r} is not in [1, {min(shape)}] for a matrix of shape "
-                          f"{shape}")
+    _check_rank(rank, shape)
     g = np.asarray(gram, np.float64)
     g = (g + g.T) / 2 + damp * max(float(np.mean(np.diag(g))), 1e-12) * np.eye(shape[0])
     chol = np.linalg.cholesky(g)  # lower: g = L L^T
