@@ -124,11 +124,7 @@ def run_e5_demo(workdir: str, corpus: str = "", steps_scale: float = 1.0,
         f"teacher.path={root / 'teacher'}", f"data.files={files}", f"train.steps={steps}",
         f"train.save_every={steps}", f"train.eval_every={steps}",
         f"student.model.embedding_rank={rank}", f"data.max_length={length}"])
-    from kdjax.factorize import every_kth
-    from kdjax.train.pretrain_distill import init_layers
-
-    t_layers = json.loads((root / "teacher" / "config.json").read_text())["num_hidden_layers"]
-    layers = init_layers(config) or every_kth(t_layers, int(config.student.model.num_layers))
+    layers = start_layers(root, config)
     if not (root / "student_start").is_dir():
         start_student(root, _corpus_files(files), length, config)
     config.student.init = str(root / "student_start")
@@ -186,6 +182,16 @@ def row_length(tokenizer_dir: Any, files: list[str], cap: int = 64) -> int:
     return min(cap, -(-longest // 8) * 8)
 
 
+def start_layers(root: Path, config: Any) -> list[int]:
+    """The teacher layers (1-based) the demo's student starts from: `student.layers`, else
+    every k-th of ROOT/teacher's."""
+    from kdjax.factorize import every_kth
+    from kdjax.train.pretrain_distill import init_layers
+
+    teacher = json.loads((root / "teacher" / "config.json").read_text())["num_hidden_layers"]
+    return init_layers(config) or every_kth(teacher, int(config.student.model.num_layers))
+
+
 def start_student(root: Path, files: list[str], length: int, config: Any) -> Path:
     """The distilled student's start, saved to ROOT/student_start: the teacher's
     `student.layers`, each projection SVD-factorized to the student's ranks and whitened by
@@ -195,16 +201,15 @@ def start_student(root: Path, files: list[str], length: int, config: Any) -> Pat
     import kdjax
     from kdjax.activation_stats import input_grams
     from kdjax.data.tokenizer import load_tokenizer
-    from kdjax.factorize import every_kth, init_student_from_teacher
+    from kdjax.factorize import init_student_from_teacher
     from kdjax.modeldir import save_model_dir
     from kdjax.models.config import EncoderConfig
-    from kdjax.train.pretrain_distill import init_layers
 
     tok = load_tokenizer(root / "teacher")
     t_cfg, t_params = kdjax.from_hf(root / "teacher")
     s_cfg = EncoderConfig.from_any(config.student.model.to_dict()).replace(
         vocab_size=t_cfg.vocab_size)
-    layers = init_layers(config) or every_kth(t_cfg.num_layers, s_cfg.num_layers)
+    layers = start_layers(root, config)
     lines = [x for f in files for x in _sentences(f)]
     batches = []
     for start in range(0, len(lines), 32):
