@@ -972,7 +972,7 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, report: dict[str, Any],
         *[f"| {t} | {'yes' if ok else ('no' if ok is False else '-')} | {f} |"
           for t, ok, f in tgt],
         "",
-        *e5_gaps(report, tgt),
+        *e5_gaps(report, tgt, data_dir),
         *_nsmc_curve_section(root),
         *_init_study_section(root),
         *_task_kd_section(root, report),
@@ -981,7 +981,38 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, report: dict[str, Any],
     doc.write_text("\n".join(lines))
 
 
-def e5_gaps(report: dict[str, Any], tgt: list[tuple[str, bool | None, str]]) -> list[str]:
+def majority_accuracy(data_dir: Path, task: str) -> float | None:
+    """Test accuracy (%) of always answering the most frequent test label, on the rows the
+    table scores: the floor for a sequence-classification task scored by accuracy (else None)."""
+    from collections import Counter
+
+    from kdjax.data.tasks.registry import get_task
+
+    t = get_task(task)
+    if t.kind != "sequence" or t.head != "classification" or t.main_metric != "accuracy":
+        return None
+    limit = int(_setting(task, "task.limit_eval", 0) or 0) or None
+    labels = Counter(r["label"] for r in t.load(data_dir, "test", limit=limit))
+    return 100.0 * max(labels.values()) / sum(labels.values()) if labels else None
+
+
+def at_chance(report: dict[str, Any], data_dir: Path, margin: float = 3.0) -> list[str]:
+    """One line per accuracy task: the majority-label floor and the models within `margin`
+    points of it (those learned nothing the label counts do not say)."""
+    out = []
+    for task in report["tasks"]:
+        floor = majority_accuracy(data_dir, task)
+        if floor is None:
+            continue
+        near = [m["name"] for m in report["models"]
+                if task in m.get("main", {}) and m["main"][task] < floor + margin]
+        out.append(f"{task} {floor:.1f}" + (f" (within {margin:g} points of it: "
+                                            f"{', '.join(near)})" if near else ""))
+    return out
+
+
+def e5_gaps(report: dict[str, Any], tgt: list[tuple[str, bool | None, str]],
+            data_dir: Path) -> list[str]:
     models = {m["name"]: m for m in report["models"]}
     teacher, base = models["teacher"], (report.get("baseline") or {}).get("main", {})
     rows = [f"{t} {teacher['main'][t]:.2f} vs {base[t]:.2f} ({teacher['main'][t] - base[t]:+.2f})"
@@ -990,6 +1021,10 @@ def e5_gaps(report: dict[str, Any], tgt: list[tuple[str, bool | None, str]]) -> 
     out = ["## What the gaps say", "",
            "- Teacher against the baseline, per task (teacher vs baseline, difference): "
            + "; ".join(rows) + "."]
+    floors = at_chance(report, data_dir)
+    if floors:
+        out.append("- Chance, as accuracy of always answering the most frequent test label: "
+                   + "; ".join(floors) + ".")
     if missed:
         out.append("- Missed: " + "; ".join(missed) + ". Every model here trains on the capped "
                    "rows above for one epoch (the 150-minute budget on 2 cores); "
