@@ -669,7 +669,7 @@ def test_losses_registry_complete():
         "kd_loss", "binary_kd_loss", "mse_logits_loss", "masked_lm_kd_loss", "hard_label_loss",
         "hidden_mse", "cosine_loss", "attention_score_mse", "attention_kl", "value_relation_kl",
         "qkv_relation_kl", "wr_distance", "wr_angle", "ltr_distance", "ltr_angle", "nst_mmd",
-        "sentence_relation_kl",
+        "sentence_relation_kl", "pooled_mse",
     }
     assert set(L.LOSSES) == public
     for name, fn in L.LOSSES.items():
@@ -756,3 +756,28 @@ def test_sentence_relation_sees_which_sentence_is_nearest():
     assert rel > 100 * float(L.sentence_relation_kl(s, t, temperature=1.0)) and rel > 0.01
     with pytest.raises(ConfigError, match="temperature"):
         L.sentence_relation_kl(s, t, temperature=0.0)
+
+
+def test_pooled_mse_is_the_distance_of_the_mean_pooled_sentences():
+    """pooled_mse compares each sentence's mean over its valid tokens (E5's pooling): padding
+    does not count, token noise that averages out does not count, a shifted sentence does."""
+    rng = np.random.default_rng(5)
+    t = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.int32)
+    s = t.copy()
+    s[:, 3] += 100.0 * (mask[:, 3] == 0)[:, None]  # garbage on padding only
+    assert float(L.pooled_mse(s, t, mask)) == pytest.approx(0.0, abs=1e-6)
+    # per-token noise with zero mean over each sentence's valid tokens: the pooled vectors agree
+    noise = np.zeros_like(t)
+    noise[:, 0], noise[:, 1] = 1.0, -1.0
+    assert float(L.pooled_mse(t + noise, t, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.hidden_mse(t + noise, t, mask)) > 0.1
+    # sentence 2 shifted by 0.5 in every feature: (0.5^2) / 3 sentences
+    s = t.copy()
+    s[2] += 0.5
+    assert float(L.pooled_mse(s, t, mask)) == pytest.approx(0.25 / 3, rel=1e-5)
+    # a sentence with no valid token is left out of the mean
+    mask[0] = 0
+    assert float(L.pooled_mse(s, t, mask)) == pytest.approx(0.25 / 2, rel=1e-5)
+    with pytest.raises(ShapeError, match="pooled_mse"):
+        L.pooled_mse(t[..., :4], t, mask)

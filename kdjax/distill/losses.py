@@ -53,6 +53,7 @@ __all__ = [
     "masked_lm_kd_loss",
     "mse_logits_loss",
     "nst_mmd",
+    "pooled_mse",
     "qkv_relation_kl",
     "sentence_relation_kl",
     "value_relation_kl",
@@ -686,6 +687,30 @@ def sentence_relation_kl(student_h: ArrayLike, teacher_h: ArrayLike,
     return _masked_mean(_row_kl(s_sim, t_sim, key_valid), rows)
 
 
+def pooled_mse(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | None = None) -> Array:
+    """Sentence-embedding MSE (Reimers & Gurevych 2020, distilling a sentence encoder): the
+    squared distance between the student's and the teacher's mean over valid tokens (E5's
+    pooling), mean over the feature axis, averaged over the sentences with a valid token.
+
+    Where `sentence_relation_kl` matches who is near whom, this matches where each sentence
+    is: the two together pin the student's embedding space to the teacher's.
+
+    Args:
+      student_h, teacher_h: [B, L, D], equal D.
+      mask: [B, L].
+
+    Returns:
+      scalar >= 0 (0 for a batch with no valid token).
+    """
+    name = "pooled_mse"
+    s, t = _f32(student_h), _f32(teacher_h)
+    _check_same_hidden(name, s, t)
+    valid = _valid(mask, s.shape[:2], name)
+    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(jnp.float32)
+    diff = (jnp.sum(_zero_pad(s, valid), axis=1) - jnp.sum(_zero_pad(t, valid), axis=1)) / count
+    return _masked_mean(jnp.mean(jnp.square(diff), axis=-1), jnp.any(valid, axis=1))
+
+
 def _angle_potentials(center: Array, others: Array) -> Array:
     """cos of the angle at `center` [..., d] between `others` [..., N, d] -> [..., N, N]."""
     e = _normalize(others - center[..., None, :])
@@ -851,6 +876,7 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "wr_distance": wr_distance,
     "wr_angle": wr_angle,
     "sentence_relation_kl": sentence_relation_kl,
+    "pooled_mse": pooled_mse,
     "ltr_distance": ltr_distance,
     "ltr_angle": ltr_angle,
     "nst_mmd": nst_mmd,
