@@ -51,6 +51,23 @@ def test_paraphrase_found_counts_partners_as_nearest():
     assert got["paraphrase_pct"] == 100.0 and got["nn_agreement_pct"] == 100.0
 
 
+def test_builtin_training_text_stays_out_of_the_held_out_sentences():
+    """The demo distils on builtin:general and measures on builtin:sample + paraphrase: no line
+    of the first may be in the second, and the pairs file holds whole pairs."""
+    from kdjax.data.corpus import GENERAL_PAIRS, PARAPHRASE, SAMPLE, builtin_source
+
+    def lines(path):
+        return [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines()
+                if x.strip()]
+
+    train = [x for f in builtin_source("general") for x in lines(f)]
+    held = set(lines(SAMPLE)) | set(lines(PARAPHRASE))
+    assert str(GENERAL_PAIRS) in builtin_source("general")
+    assert len(lines(GENERAL_PAIRS)) % 2 == 0 and len(lines(GENERAL_PAIRS)) >= 100
+    assert not held & set(train)
+    assert len(set(train)) == len(train)
+
+
 def test_choose_teacher(monkeypatch):
     import importlib.util
 

