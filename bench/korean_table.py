@@ -122,7 +122,9 @@ E5_PLAN: dict[str, Any] = {
         # one 384-token window holds most question + paragraph pairs (281 + 20 tokens on
         # average): fewer tokens than 256-token windows with a 128 stride. Evaluation 8 rows a
         # forward: at 32 the process grew with every batch (lf_v3, 160 test questions: 8.7 GB
-        # peak RSS at 32 rows, 3.5 GB at 8; the teacher was killed for memory at 22.7 GB)
+        # peak RSS at 32 rows, 3.5 GB at 8; the teacher was killed for memory at 22.7 GB).
+        # Not enough for the teacher: resumed at 8 rows, its run grew from 17 to 24 GB (all of
+        # the machine's memory) during its second epoch and was stopped; unsolved
         "korquad": {"task.limit_train": 400, "train.batch_size": 16, "task.max_length": 384,
                     "task.doc_stride": 128, "eval.batch_size": 8, "task.buckets": (),
                     "task.limit_eval": 500},
