@@ -123,9 +123,11 @@ E5_PLAN: dict[str, Any] = {
         # average): fewer tokens than 256-token windows with a 128 stride. Evaluation 8 rows a
         # forward: at 32 the process grew with every batch (lf_v3, 160 test questions: 8.7 GB
         # peak RSS at 32 rows, 3.5 GB at 8; the teacher was killed for memory at 22.7 GB).
-        # Not enough for the teacher: resumed at 8 rows, its run grew from 17 to 24 GB (all of
-        # the machine's memory) during its second epoch and was stopped; unsolved
-        "korquad": {"task.limit_train": 400, "train.batch_size": 16, "task.max_length": 384,
+        # Training 8 rows a forward, two accumulated a step (the same 16 rows an update): the
+        # teacher's step at 16 x 384 tokens peaks at 16.5 GB RSS (64 questions, one epoch;
+        # bench/rss_timeline.py), at 8 x 2 at 5.4 GB; the table's run at 16 reached 24 GB
+        "korquad": {"task.limit_train": 400, "train.batch_size": 8, "train.grad_accum": 2,
+                    "task.max_length": 384,
                     "task.doc_stride": 128, "eval.batch_size": 8, "task.buckets": (),
                     "task.limit_eval": 500},
     },
