@@ -108,6 +108,12 @@ def _zero_pad(x: Array, valid: Array) -> Array:
     return jnp.where(v, x, 0.0)
 
 
+def _mean_pool(x: Array, valid: Array) -> Array:
+    """[B, L, D] -> [B, D]: the mean over each row's valid tokens (E5's pooling; 0 for none)."""
+    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(jnp.float32)
+    return jnp.sum(_zero_pad(x, valid), axis=1) / count
+
+
 def _masked_mean(values: Array, valid: Array) -> Array:
     """Mean of `values` over entries where `valid` (broadcastable); 0 when nothing is valid."""
     valid = jnp.broadcast_to(valid, values.shape)
@@ -676,9 +682,7 @@ def sentence_relation_kl(student_h: ArrayLike, teacher_h: ArrayLike,
     s, t = _f32(student_h), _f32(teacher_h)
     _check_tokens(name, s, t)
     valid = _valid(mask, s.shape[:2], name)
-    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(jnp.float32)
-    ps = jnp.sum(_zero_pad(s, valid), axis=1) / count  # [B, D_s]
-    pt = jnp.sum(_zero_pad(t, valid), axis=1) / count
+    ps, pt = _mean_pool(s, valid), _mean_pool(t, valid)  # [B, D_s], [B, D_t]
     rows = jnp.any(valid, axis=1)  # [B]
     n = ps.shape[0]
     key_valid = rows[:, None] & rows[None, :] & ~jnp.eye(n, dtype=bool)
@@ -706,8 +710,7 @@ def pooled_mse(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | Non
     s, t = _f32(student_h), _f32(teacher_h)
     _check_same_hidden(name, s, t)
     valid = _valid(mask, s.shape[:2], name)
-    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(jnp.float32)
-    diff = (jnp.sum(_zero_pad(s, valid), axis=1) - jnp.sum(_zero_pad(t, valid), axis=1)) / count
+    diff = _mean_pool(s, valid) - _mean_pool(t, valid)
     return _masked_mean(jnp.mean(jnp.square(diff), axis=-1), jnp.any(valid, axis=1))
 
 
