@@ -202,6 +202,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         "limit_lines": 0,  # 0 = read everything
         # corpus rows kept out of training for the held-out evaluation (at most a tenth)
         "heldout_rows": 256,
+        # shuffle blocks of this many consecutive rows as one (pack=False: 2 keeps the pairs of
+        # a file whose line 2k + 1 restates line 2k in one batch, for a relation loss)
+        "group_rows": 1,
     })
 
 

@@ -234,16 +234,31 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def group_permutation(rng: np.random.Generator, n: int, group: int = 1) -> np.ndarray:
+    """A permutation [n] of row indices that moves blocks of `group` consecutive rows together
+    (rows 2k and 2k + 1 stay neighbours at group 2: a paraphrase pair lands in one batch);
+    group 1 is `rng.permutation(n)`."""
+    if group <= 1:
+        return rng.permutation(n)
+    blocks = rng.permutation(-(-n // group))
+    perm = (blocks[:, None] * group + np.arange(group)).ravel()
+    return perm[perm < n]
+
+
 class StepBatches:
     """The global batch of any step, built from a [N, L] example array (see module doc)."""
 
-    def __init__(self, examples: np.ndarray, global_batch: int, seed: int, pad_id: int = 0):
+    def __init__(self, examples: np.ndarray, global_batch: int, seed: int, pad_id: int = 0,
+                 group: int = 1):
         if global_batch <= 0:
             raise DataError(f"train.batch_size must be positive, got {global_batch}")
+        if group < 1:
+            raise DataError(f"data.group_rows must be >= 1, got {group}")
         self.examples = examples
         self.global_batch = global_batch
         self.seed = seed
         self.pad_id = pad_id
+        self.group = group
         self._perms: dict[int, np.ndarray] = {}
 
     @property
@@ -255,7 +270,7 @@ class StepBatches:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
             rng = np.random.default_rng([self.seed, epoch])
-            self._perms[epoch] = rng.permutation(self.num_examples)
+            self._perms[epoch] = group_permutation(rng, self.num_examples, self.group)
         return self._perms[epoch]
 
     def rows(self, step: int, rows: np.ndarray) -> dict[str, np.ndarray]:

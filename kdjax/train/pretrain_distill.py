@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from kdjax.config_lib import check_float, pretrain_config
-from kdjax.data.corpus import StepBatches, resolve_sources, tokenize_corpus
+from kdjax.data.corpus import StepBatches, group_permutation, resolve_sources, tokenize_corpus
 from kdjax.distill.objective import build_objective
 from kdjax.errors import ConfigError, DataError, KdjaxError, StorageError
 from kdjax.modeldir import resolve_model, save_model_dir
@@ -298,15 +298,18 @@ def student_init(config: Any, run: CorpusRun) -> Any:
     return cast_tree(student, s_cfg.weight_dtype)
 
 
-def split_heldout_rows(examples: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
-    """(train, held-out) rows of the tokenized corpus: a seeded `rows` (at most a tenth of
-    the corpus) are kept out of training for the held-out evaluation."""
+def split_heldout_rows(examples: np.ndarray, rows: int, seed: int,
+                       group: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) rows [N, L] of the tokenized corpus: a seeded `rows` (at most a tenth
+    of the corpus) are kept out of training for the held-out evaluation, whole groups of
+    `group` consecutive rows (`data.group_rows`) at a time so that groups stay intact."""
     k = min(int(rows), len(examples) // 10)
     if k <= 0:
         return examples, examples[:0]
+    k = -(-k // group) * group
     held = np.zeros(len(examples), bool)
-    held[np.random.default_rng([int(seed), 104729]).permutation(len(examples))[:k]] = True
+    rng = np.random.default_rng([int(seed), 104729])
+    held[group_permutation(rng, len(examples), group)[:k]] = True
     return examples[~held], examples[held]
 
 
@@ -380,9 +383,10 @@ def make_plan(config: Any, workdir: epath.Path, run: CorpusRun, progress: bool) 
         limit_lines=int(config.data.limit_lines) or None, show_progress=progress and is_main,
     )
     pad_id = run.tokenizer.pad_token_id
+    group = int(config.data.get("group_rows", 1))
     examples, heldout = split_heldout_rows(examples, int(config.data.heldout_rows),
-                                           int(config.train.seed))
-    batches = StepBatches(examples, run.global_batch, int(config.train.seed), pad_id)
+                                           int(config.train.seed), group)
+    batches = StepBatches(examples, run.global_batch, int(config.train.seed), pad_id, group)
     hooks = []
     if len(heldout):
         every = int(config.train.eval_every) or int(config.train.save_every)
