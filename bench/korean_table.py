@@ -20,11 +20,15 @@ its projected time before it starts:
    on every task (`kdjax evaluate`, the PLAN's caps; scores on the full test splits) beside the
    non-neural baseline;
 5. with --doc: docs/results.md (command, machine, projected and measured time per stage, caps,
-   the table, distilled vs pruned, targets, what closes the gaps).
+   the table, distilled vs pruned, targets, what closes the gaps) and, beside it,
+   results_korean_table.json: the run's record, from which `--page_from` rewrites the page
+   without the run's workdir (adding the optional stages' sections found in --workdir).
 Optional stages (`--stages ...,task_kd,int8,init_study`, outside the budget): task-specific KD
 for the distilled students on PLAN["task_kd"]["tasks"]; int8 ONNX accuracy on NSMC; how the
 students start, measured (`INIT_STUDY`: random init against the teacher's layers + SVD, each
-with and without distillation; docs/training.md).
+with and without distillation; docs/training.md). `--stages init_study` also runs alone in a
+fresh workdir (it makes the teacher and the student it needs), then
+`--page_from docs/results_korean_table.json --doc docs/results.md` adds its section.
 
 `--full` runs the uncapped plan (every training row, the tasks' epochs; for an accelerator).
 `--teacher scratch` is the earlier ladder: a 4L/128 ELECTRA pre-trained here from scratch
@@ -802,6 +806,17 @@ def init_study(root: Path, data_dir: Path, corpus: str, progress: bool) -> list[
     from kdjax.train.demo import random_student
 
     base = root / "init_study"
+    # alone in a new workdir (the table's page rewritten later with --page_from): the table's
+    # teacher, pruned starts and distilled students are made here the way the table makes them
+    if not (root / "teacher" / "model.safetensors").is_file():
+        import_and_trim(root, data_dir, progress)
+    if not all((root / "pruned" / s).is_dir() for s in INIT_STUDY["students"]):
+        prune_students(root)
+    for s in INIT_STUDY["students"]:
+        if not (root / s / "model").is_dir():
+            out = distill_e5(root, s, corpus, progress)
+            if out.get("interrupted"):
+                raise SystemExit(130)
     names, paths = ["teacher"], [str(root / "teacher")]
     tok = load_tokenizer(root / "teacher")
     for s in INIT_STUDY["students"]:
