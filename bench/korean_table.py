@@ -1078,7 +1078,7 @@ def e5_gaps(report: dict[str, Any], tgt: list[tuple[str, bool | None, str]],
                    + "; ".join(floors) + ".")
     if missed:
         out.append("- Missed: " + "; ".join(missed) + ". Every model here trains on the capped "
-                   "rows above for one epoch (the 150-minute budget on 2 cores); "
+                   "rows and epochs above (the 150-minute budget on 2 cores); "
                    "the NSMC curve below measures what more rows buy the teacher; `--full` "
                    "runs the uncapped plan.")
     return [*out, ""]
