@@ -196,6 +196,22 @@ def ref_sentence_relation(s, t, mask, temperature=0.05):
     return sum(vals) / max(len(vals), 1)
 
 
+def ref_sentence_anchor(s, t, mask, temperature=0.05):
+    """Mean-pooled sentences; per sentence a KL over every teacher sentence (itself included)
+    of softmax(cos / T), the teacher's own row as the target."""
+    s, t = np.float64(s), np.float64(t)
+    m = _ones(mask, s.shape[:2]).astype(bool)
+    rows = [b for b in range(s.shape[0]) if m[b].any()]
+    ps = {b: s[b][m[b]].mean(0) for b in rows}
+    pt = {b: t[b][m[b]].mean(0) for b in rows}
+    vals = []
+    for a in rows:
+        ls = [_cos(ps[a], pt[c]) / temperature for c in rows]
+        lt = [_cos(pt[a], pt[c]) / temperature for c in rows]
+        vals.append(_kl(_softmax(lt), _softmax(ls)))
+    return sum(vals) / max(len(vals), 1)
+
+
 def _angle(x, i, j, k):
     return float(_unit(x[j] - x[i]) @ _unit(x[k] - x[i]))
 
@@ -357,6 +373,9 @@ CASES = [
          ref_sentence_relation, rotate=_rotate, min_batch=3),
     Case("sentence_relation_kl_t1", L.sentence_relation_kl, _hidden_pair(6, 10),
          ref_sentence_relation, kwargs={"temperature": 1.0}, rotate=_rotate, min_batch=3),
+    Case("sentence_anchor_kl", L.sentence_anchor_kl, _hidden_pair(6, 6), ref_sentence_anchor),
+    Case("sentence_anchor_kl_t1", L.sentence_anchor_kl, _hidden_pair(6, 6),
+         ref_sentence_anchor, kwargs={"temperature": 1.0}),
 ]
 RELATION_CASES = [c for c in CASES if c.rotate is not None]
 
@@ -669,7 +688,7 @@ def test_losses_registry_complete():
         "kd_loss", "binary_kd_loss", "mse_logits_loss", "masked_lm_kd_loss", "hard_label_loss",
         "hidden_mse", "cosine_loss", "attention_score_mse", "attention_kl", "value_relation_kl",
         "qkv_relation_kl", "wr_distance", "wr_angle", "ltr_distance", "ltr_angle", "nst_mmd",
-        "sentence_relation_kl", "pooled_mse",
+        "sentence_relation_kl", "sentence_anchor_kl", "pooled_mse",
     }
     assert set(L.LOSSES) == public
     for name, fn in L.LOSSES.items():
@@ -756,6 +775,28 @@ def test_sentence_relation_sees_which_sentence_is_nearest():
     assert rel > 100 * float(L.sentence_relation_kl(s, t, temperature=1.0)) and rel > 0.01
     with pytest.raises(ConfigError, match="temperature"):
         L.sentence_relation_kl(s, t, temperature=0.0)
+
+
+def test_sentence_anchor_sees_a_rotated_space_that_the_relation_forgives():
+    """A student whose sentences are the teacher's turned by a rotation keeps every
+    neighbourhood (sentence_relation_kl 0) but sits elsewhere in the teacher's space: the
+    anchor KL sees it; one sentence leaning towards another is seen too."""
+    rng = np.random.default_rng(12)
+    common = 3.0 * rng.standard_normal(16)
+    t = (common + rng.standard_normal((6, 16)))[:, None, :].repeat(3, axis=1).astype(np.float32)
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    rotated = (t @ q).astype(np.float32)
+    assert float(L.sentence_relation_kl(rotated, t)) == pytest.approx(0.0, abs=1e-5)
+    assert float(L.sentence_anchor_kl(rotated, t)) > 0.1
+    lean = t.copy()
+    lean[0] = 0.8 * t[0] + 0.2 * t[1]
+    assert float(L.sentence_anchor_kl(lean, t)) > 1e-3
+    # cosines: the norms are free, as in E5's use of the embeddings
+    assert float(L.sentence_anchor_kl(2.5 * t, t)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ShapeError, match="sentence_anchor_kl.*projection"):
+        L.sentence_anchor_kl(t[..., :8], t)
+    with pytest.raises(ConfigError, match="temperature"):
+        L.sentence_anchor_kl(t, t, temperature=-1.0)
 
 
 def test_pooled_mse_is_the_distance_of_the_mean_pooled_sentences():

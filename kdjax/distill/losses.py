@@ -55,6 +55,7 @@ __all__ = [
     "nst_mmd",
     "pooled_mse",
     "qkv_relation_kl",
+    "sentence_anchor_kl",
     "sentence_relation_kl",
     "value_relation_kl",
     "wr_angle",
@@ -691,6 +692,41 @@ def sentence_relation_kl(student_h: ArrayLike, teacher_h: ArrayLike,
     return _masked_mean(_row_kl(s_sim, t_sim, key_valid), rows)
 
 
+@_compiled("temperature")
+def sentence_anchor_kl(student_h: ArrayLike, teacher_h: ArrayLike,
+                       mask: ArrayLike | None = None,
+                       temperature: float | Array = 0.05) -> Array:
+    """Sentences placed among the teacher's: the batch's teacher sentences as anchors (SEED,
+    Fang et al. 2021, with the batch for its queue).
+
+    Each example's sentence embedding is its mean over valid tokens (E5's pooling). For
+    sentence i, the cosines of the student's embedding to every teacher embedding j of the
+    batch (j = i included), divided by `temperature`, row softmax; the target is the same row
+    from the teacher's own embedding; KL(teacher || student) per sentence. Where
+    `sentence_relation_kl` compares the student with itself (rotation-free: a rotated space
+    scores 0), this compares it with the teacher's space: sentence i must sit nearer teacher i
+    than its neighbours do, and among them where the teacher puts it.
+
+    Args:
+      student_h, teacher_h: [B, L, D], equal D.
+      mask: [B, L].
+      temperature: > 0; the similarity scale (0.05, as in `sentence_relation_kl`).
+
+    Returns:
+      scalar >= 0: averaged over the sentences with a valid token (0 when none has one).
+    """
+    name = "sentence_anchor_kl"
+    _temperature_ok(temperature, name)
+    s, t = _f32(student_h), _f32(teacher_h)
+    _check_same_hidden(name, s, t)
+    valid = _valid(mask, s.shape[:2], name)
+    ps, pt = _normalize(_mean_pool(s, valid)), _normalize(_mean_pool(t, valid))  # [B, D]
+    rows = jnp.any(valid, axis=1)  # [B]
+    key_valid = rows[:, None] & rows[None, :]
+    return _masked_mean(_row_kl(ps @ pt.T / temperature, pt @ pt.T / temperature, key_valid),
+                        rows)
+
+
 def pooled_mse(student_h: ArrayLike, teacher_h: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """Sentence-embedding MSE (Reimers & Gurevych 2020, distilling a sentence encoder): the
     squared distance between the student's and the teacher's mean over valid tokens (E5's
@@ -879,6 +915,7 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "wr_distance": wr_distance,
     "wr_angle": wr_angle,
     "sentence_relation_kl": sentence_relation_kl,
+    "sentence_anchor_kl": sentence_anchor_kl,
     "pooled_mse": pooled_mse,
     "ltr_distance": ltr_distance,
     "ltr_angle": ltr_angle,

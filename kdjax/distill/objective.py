@@ -60,18 +60,20 @@ FEATURES: dict[str, tuple[str, str]] = {
 _LOGIT_LOSSES = {"kd_loss", "binary_kd_loss", "mse_logits_loss"}
 _PAIR_LOSSES = {
     "hidden_mse", "cosine_loss", "wr_distance", "wr_angle", "nst_mmd", "sentence_relation_kl",
-    "pooled_mse", "attention_score_mse", "attention_kl", "value_relation_kl", "qkv_relation_kl",
+    "sentence_anchor_kl", "pooled_mse", "attention_score_mse", "attention_kl",
+    "value_relation_kl", "qkv_relation_kl",
 }
 _STACK_LOSSES = {"ltr_distance", "ltr_angle"}
 _EQUAL_HEADS = {"attention_score_mse", "attention_kl", "value_relation_kl"}
-_EQUAL_WIDTH = {"hidden_mse", "cosine_loss", "pooled_mse"}
+_EQUAL_WIDTH = {"hidden_mse", "cosine_loss", "pooled_mse", "sentence_anchor_kl"}
 _TEMPERATURE_LOSSES = {"kd_loss", "binary_kd_loss"}
 # The features each per-layer loss can read (others are a config error).
 _HIDDEN = ("hidden", "embeddings")
 _LOSS_FEATURES: dict[str, tuple[str, ...]] = {
     **{name: _HIDDEN for name in ("hidden_mse", "cosine_loss", "wr_distance", "wr_angle",
                                   "nst_mmd", "ltr_distance", "ltr_angle",
-                                  "sentence_relation_kl", "pooled_mse")},
+                                  "sentence_relation_kl", "sentence_anchor_kl",
+                                  "pooled_mse")},
     "attention_kl": ("attention",),
     "attention_score_mse": ("attention_scores",),
     "value_relation_kl": ("v",),
