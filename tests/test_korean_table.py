@@ -88,7 +88,18 @@ def test_page_is_rewritten_from_its_record_alone(table, tmp_path):
     assert "kornli 33.3 (within 3 points of it: kd)" in page
     assert "| kd | 43.9 | 34.00 | 36.50 | -2.50 | kornli -2.50 |" in page
     assert "18,854 of 250,002" in page
+    # no curve was run: the gaps line names the script, not a section that is not there
+    assert "curve below" not in page and "`bench/nsmc_curve.py` measures" in page
     assert not (tmp_path / "none").exists()  # nothing was run or written there
+    curve = tmp_path / "w" / "nsmc_curve"
+    curve.mkdir(parents=True)
+    (curve / "curve.json").write_text(json.dumps({
+        "model": "runs/table/teacher", "test_rows": 500,
+        "points": [{"rows": 1000}, {"rows": 2000}]}))
+    (curve / "curve.md").write_text("| rows | teacher |\n|---:|---:|\n| 1000 | 70.0 |\n")
+    table.page_from_record(record, doc, tmp_path / "w", data)
+    page = doc.read_text()
+    assert "the NSMC curve below measures" in page and "| 1000 | 70.0 |" in page
 
 
 def test_page_from_a_missing_record_says_how_to_make_one(table, tmp_path):
