@@ -177,13 +177,17 @@ def ref_wr_distance(s, t, mask):
     return sum(vals) / max(len(vals), 1)
 
 
-def ref_sentence_relation(s, t, mask, temperature=0.05):
-    """Mean-pooled sentences, then per sentence a KL over the others of softmax(cos / T)."""
+def _pooled_rows(s, t, mask):
+    """(rows with a valid token, student and teacher mean-pooled sentences per row)."""
     s, t = np.float64(s), np.float64(t)
     m = _ones(mask, s.shape[:2]).astype(bool)
     rows = [b for b in range(s.shape[0]) if m[b].any()]
-    ps = {b: s[b][m[b]].mean(0) for b in rows}
-    pt = {b: t[b][m[b]].mean(0) for b in rows}
+    return rows, {b: s[b][m[b]].mean(0) for b in rows}, {b: t[b][m[b]].mean(0) for b in rows}
+
+
+def ref_sentence_relation(s, t, mask, temperature=0.05):
+    """Mean-pooled sentences, then per sentence a KL over the others of softmax(cos / T)."""
+    rows, ps, pt = _pooled_rows(s, t, mask)
     vals = []
     for a in rows:
         keys = [c for c in rows if c != a]
@@ -199,11 +203,7 @@ def ref_sentence_relation(s, t, mask, temperature=0.05):
 def ref_sentence_anchor(s, t, mask, temperature=0.05):
     """Mean-pooled sentences; per sentence a KL over every teacher sentence (itself included)
     of softmax(cos / T), the teacher's own row as the target."""
-    s, t = np.float64(s), np.float64(t)
-    m = _ones(mask, s.shape[:2]).astype(bool)
-    rows = [b for b in range(s.shape[0]) if m[b].any()]
-    ps = {b: s[b][m[b]].mean(0) for b in rows}
-    pt = {b: t[b][m[b]].mean(0) for b in rows}
+    rows, ps, pt = _pooled_rows(s, t, mask)
     vals = []
     for a in rows:
         ls = [_cos(ps[a], pt[c]) / temperature for c in rows]
