@@ -983,6 +983,7 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, record: dict[str, Any])
     total = round(sum(v["seconds"] for k, v in stages.data.items() if k in core) / 60, 1)
     cpu = round(sum(v.get("cpu_seconds", 0) for k, v in stages.data.items() if k in core) / 60,
                 1)
+    curve = _nsmc_curve_section(root)
     lines = [
         "# Results: the paper's table on a 2-core CPU, from a teacher that knows Korean",
         "",
@@ -1041,8 +1042,8 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, record: dict[str, Any])
         *[f"| {t} | {'yes' if ok else ('no' if ok is False else '-')} | {f} |"
           for t, ok, f in tgt],
         "",
-        *e5_gaps(report, tgt, data_dir, curve=bool(_nsmc_curve_section(root))),
-        *_nsmc_curve_section(root),
+        *e5_gaps(report, tgt, data_dir, curve=bool(curve)),
+        *curve,
         *_init_study_section(root),
         *_task_kd_section(root, report),
         *_int8_section(root),
