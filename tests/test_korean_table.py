@@ -105,3 +105,60 @@ def test_page_is_rewritten_from_its_record_alone(table, tmp_path):
 def test_page_from_a_missing_record_says_how_to_make_one(table, tmp_path):
     with pytest.raises(SystemExit, match="writes it beside the page"):
         table.page_from_record(tmp_path / "nope.json", tmp_path / "r.md", tmp_path, tmp_path)
+
+
+def _finished_run(root: Path, name: str, task: str, seconds: float) -> Path:
+    import json
+
+    run = root / "report" / "runs" / name / task
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"seconds": seconds, "score": 50.0}))
+    return run
+
+
+def test_rerun_deletes_every_models_runs_of_the_task_and_counts_their_time(table, tmp_path):
+    """--rerun TASK: that task's runs go (every model), the other tasks' stay; the replaced
+    seconds are the deleted runs' own."""
+    names = ["teacher", "kd", "kd_pruned"]
+    for n, s in zip(names, (60.0, 30.0, 20.0), strict=True):
+        _finished_run(tmp_path, n, "kohate", s)
+        _finished_run(tmp_path, n, "nsmc", 99.0)
+    assert table.run_seconds(tmp_path, names, ["kohate"]) == (110.0, 3)
+    assert table.discard_runs(tmp_path, names, ["kohate"]) == pytest.approx(110.0)
+    for n in names:
+        assert not (tmp_path / "report" / "runs" / n / "kohate").exists()
+        assert (tmp_path / "report" / "runs" / n / "nsmc" / "results.json").is_file()
+    assert table.run_seconds(tmp_path, names, ["kohate"]) == (0.0, 0)
+
+
+def test_amended_stage_corrects_its_minutes_and_the_page_says_why(table, tmp_path):
+    """A finished evaluate stage re-run for one task: its wall time moves by new - replaced,
+    its CPU time adds the new invocation's, the note reaches the page, and it persists."""
+    import json
+
+    stages = table.Stages(tmp_path)
+    stages.record("evaluate", 600.0, 1100.0, load_15min=2.1)
+    stages.amend("evaluate", ["kohate"], replaced=110.0, seconds=80.0, cpu_seconds=150.0,
+                  runs=3)
+    entry = table.Stages(tmp_path).data["evaluate"]  # read back from stages.json
+    assert entry["seconds"] == pytest.approx(570.0)
+    assert entry["cpu_seconds"] == pytest.approx(1250.0)
+    assert entry["reruns"][0]["runs"] == 3
+    assert "kohate fine-tuned again" in entry["note"] and "1.3 min of fine-tuning replacing " \
+        "1.8" in entry["note"]
+    record = _record(table)
+    record["stages"]["evaluate"] = entry
+    path = tmp_path / table.RECORD_NAME
+    path.write_text(json.dumps(record))
+    data = _kornli(tmp_path, ["entailment", "neutral", "contradiction"] * 4)
+    doc = tmp_path / "results.md"
+    table.page_from_record(path, doc, tmp_path / "none", data)
+    page = doc.read_text()
+    assert "evaluate 9.0 / 9.5" in page
+    assert "- evaluate: kohate fine-tuned again in a later invocation" in page
+
+
+def test_page_command_leaves_out_rerun(table):
+    argv = ["x/korean_table.py", "--data_dir", "D", "--rerun", "kohate", "--doc", "r.md",
+            "--rerun=nsmc"]
+    assert table.page_argv(argv) == ["bench/korean_table.py", "--data_dir", "D", "--doc", "r.md"]
