@@ -2,7 +2,8 @@
 built-in Korean text) -> an LF-V3-shaped student, task-agnostic distillation on kdjax's 290
 everyday sentences and 79 paraphrase pairs (`builtin:general`: the held-out set's domain; with
 the KoNLPy corpora of legal text added, the student's nearest-neighbour agreement was 47.1 %
-instead of 55.0 %; the pairs took it from 64.3 % to 68.4 % over three seeds);
+instead of 55.0 %; the pairs took it from 64.3 % to 68.4 % over three seeds, and the per-layer
+terms at weight 0.1 with no rows held back to 70.1 % over five, from 67.6 %);
 kdjax's 70 sample sentences (`builtin:sample`) and their paraphrases (`builtin:paraphrase`) stay
 out, for the demo's held-out comparison.
 
@@ -42,7 +43,15 @@ def get_config() -> ml_collections.ConfigDict:
     pairs = tuple(zip(range(1, 5), config.student.layers, strict=True))
     config.objective.terms.hidden.update(mapping="explicit", pairs=((0, 0),) + pairs)
     config.objective.terms.attn.update(mapping="explicit", pairs=pairs)
-    config.data.heldout_rows = 128
+    # the per-layer terms at 0.1 leave the sentence relation most of the gradient: over five
+    # seeds 70.1 % nearest-neighbour agreement against 67.6 % at weight 1 (each seed +0 to
+    # +3.6; mean cosine 0.869 against 0.917: the neighbourhoods, not the positions, are
+    # what the demo keeps; docs/teacher.md)
+    config.objective.terms.hidden.weight = 0.1
+    config.objective.terms.attn.weight = 0.1
+    # no rows held back from a 448-line corpus: the demo's held-out set is its own 140
+    # sentences, never trained on
+    config.data.heldout_rows = 0
     config.train.update(steps=150, batch_size=32, log_every=25, save_every=150,
                         eval_every=150, lr=3e-4, warmup_steps=15)
     return config
