@@ -162,3 +162,25 @@ def test_page_command_leaves_out_rerun(table):
     argv = ["x/korean_table.py", "--data_dir", "D", "--rerun", "kohate", "--doc", "r.md",
             "--rerun=nsmc"]
     assert table.page_argv(argv) == ["bench/korean_table.py", "--data_dir", "D", "--doc", "r.md"]
+
+
+def test_rerun_takes_the_init_study_runs_of_the_task_with_it(table, tmp_path):
+    """The init_study stage links the table's runs and adds its own: a re-run task's links and
+    runs go, its section and stage record too, other tasks' stay."""
+    names = ["teacher", "lf_v3"]
+    table_run = _finished_run(tmp_path, "lf_v3", "nsmc", 30.0)
+    _finished_run(tmp_path, "teacher", "nsmc", 60.0)
+    study = tmp_path / "init_study"
+    link = study / "report" / "runs" / "lf_v3" / "nsmc"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(table_run)
+    own = _finished_run(study, "lf_v3_random", "nsmc", 25.0)
+    other = _finished_run(study, "lf_v3_random", "kohate", 25.0)
+    (study / "init_study.md").write_text("| student |\n")
+    stages = table.Stages(tmp_path)
+    stages.record("init_study", 300.0, 500.0)
+    assert table.discard_runs(tmp_path, names, ["nsmc"], stages) == pytest.approx(90.0)
+    assert not link.is_symlink() and not link.exists() and not own.exists()
+    assert (other / "results.json").is_file()
+    assert not (study / "init_study.md").exists()
+    assert not table.Stages(tmp_path).done("init_study")
