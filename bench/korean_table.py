@@ -220,6 +220,11 @@ class Stages:
             for r in entry["reruns"])
         self._write()
 
+    def forget(self, name: str) -> None:
+        """Drop a finished stage's record: it runs (and is timed) again next time."""
+        if self.data.pop(name, None) is not None:
+            self._write()
+
     def interrupted(self, name: str, seconds: float, cpu_seconds: float) -> None:
         """An interrupted stage's time so far: added to the stage when a later run finishes it."""
         part = self.partial.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0})
@@ -842,9 +847,8 @@ def discard_runs(root: Path, names: list[str], tasks: list[str],
             shutil.rmtree(run, ignore_errors=True)
     if hit:
         (study / "init_study.md").unlink(missing_ok=True)
-        if stages is not None and stages.done("init_study"):
-            del stages.data["init_study"]
-            stages._write()
+        if stages is not None:
+            stages.forget("init_study")
         _log(f"--rerun: the init_study stage's {', '.join(tasks)} runs went too; add "
              "init_study to --stages to measure it again")
     return replaced
@@ -1308,6 +1312,11 @@ def main(argv: list[str] | None = None) -> int:
     from kdjax.data.tasks import resolve_tasks
 
     tasks = resolve_tasks(args.tasks)
+    # checked before any stage runs: a typo must not cost an import and trim first
+    rerun = [t.strip() for t in args.rerun.split(",") if t.strip()]
+    if set(rerun) - set(tasks):
+        p.error(f"--rerun {args.rerun}: {', '.join(sorted(set(rerun) - set(tasks)))} is not "
+                f"among the table's tasks ({', '.join(tasks)})")
     names, paths = e5_models(root)
     projected = projection(data_dir, tasks, names)
     (root / "projection.json").write_text(json.dumps(projected, indent=2))
@@ -1338,9 +1347,6 @@ def main(argv: list[str] | None = None) -> int:
     from kdjax.eval.evaluate import RunInterrupted, SettingsChanged, evaluate_models
 
     announce("evaluate")
-    rerun = resolve_tasks(args.rerun) if args.rerun else []
-    if set(rerun) - set(tasks):
-        p.error(f"--rerun {args.rerun}: not among --tasks {args.tasks}")
     replaced = discard_runs(root, names, rerun, stages) if rerun else 0.0
     if replaced and "evaluate" in stages.partial:  # an unfinished stage: those runs are gone
         part = stages.partial["evaluate"]
