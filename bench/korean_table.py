@@ -1142,7 +1142,9 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, record: dict[str, Any])
         *[f"| {t} | {'yes' if ok else ('no' if ok is False else '-')} | {f} |"
           for t, ok, f in tgt],
         "",
-        *e5_gaps(report, tgt, data_dir, curve=bool(curve)),
+        *e5_gaps(report, tgt, data_dir, curve=bool(curve),
+                 students_curve=any(line.startswith("Students on the same rows")
+                                    for line in curve)),
         *curve,
         *_init_study_section(root),
         *_task_kd_section(root, report),
@@ -1182,7 +1184,7 @@ def at_chance(report: dict[str, Any], data_dir: Path, margin: float = 3.0) -> li
 
 
 def e5_gaps(report: dict[str, Any], tgt: list[tuple[str, bool | None, str]],
-            data_dir: Path, curve: bool = False) -> list[str]:
+            data_dir: Path, curve: bool = False, students_curve: bool = False) -> list[str]:
     models = {m["name"]: m for m in report["models"]}
     teacher, base = models["teacher"], (report.get("baseline") or {}).get("main", {})
     rows = [f"{t} {teacher['main'][t]:.2f} vs {base[t]:.2f} ({teacher['main'][t] - base[t]:+.2f})"
@@ -1197,7 +1199,9 @@ def e5_gaps(report: dict[str, Any], tgt: list[tuple[str, bool | None, str]],
                    + "; ".join(floors) + ".")
     if missed:
         # the curve is named only where its section follows (bench/nsmc_curve.py was run)
-        more = ("the NSMC curve below measures what more rows buy the teacher" if curve else
+        more = ("the NSMC curves below measure what more rows buy the teacher and the "
+                "students" if students_curve else
+                "the NSMC curve below measures what more rows buy the teacher" if curve else
                 "`bench/nsmc_curve.py` measures what more NSMC rows buy the teacher")
         out.append("- Missed: " + "; ".join(missed) + ". Every model here trains on the capped "
                    f"rows and epochs above (the 150-minute budget on 2 cores); {more}; `--full` "
@@ -1219,7 +1223,40 @@ def _nsmc_curve_section(root: Path) -> list[str]:
             f"training rows changed, scored on the first {c['test_rows']:,} test rows (the "
             "table's own test rows are in its caps line), the baseline refitted on the same "
             "rows.", "",
-            *(root / "nsmc_curve" / "curve.md").read_text().splitlines(), ""]
+            *(root / "nsmc_curve" / "curve.md").read_text().splitlines(), "",
+            *_student_curve_section(root, c)]
+
+
+def _student_curve_section(root: Path, teacher: dict[str, Any]) -> list[str]:
+    """Students' NSMC curves (bench/nsmc_curve.py --name STUDENT --workdir
+    WORKDIR/nsmc_curve_STUDENT) beside the teacher's, as % of the teacher at each row count."""
+    curves = []
+    for path in sorted(root.glob("nsmc_curve_*/curve.json")):
+        c = json.loads(path.read_text())
+        if c.get("name", "teacher") != "teacher" and c.get("points"):
+            curves.append(c)
+    if not curves:
+        return []
+    rows = sorted({p["rows"] for c in curves for p in c["points"]})
+    at = {c["name"]: {p["rows"]: p["model"] for p in c["points"]} for c in [teacher, *curves]}
+    base = {p["rows"]: p.get("baseline") for c in [teacher, *curves] for p in c["points"]
+            if p.get("baseline") is not None}
+    head = ["NSMC training rows", "teacher",
+            *[f"{c['name']} (% of teacher)" for c in curves], "n-gram + logistic regression"]
+    out = ["Students on the same rows and test rows (`bench/nsmc_curve.py --model "
+           "WORKDIR/STUDENT --name STUDENT --workdir WORKDIR/nsmc_curve_STUDENT`): whether more "
+           "rows close a student's gap to the teacher and to the baseline.", "",
+           "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for n in rows:
+        t = at["teacher"].get(n)
+        cells = [f"{n:,}", "-" if t is None else f"{t:.2f}"]
+        for c in curves:
+            m = at[c["name"]].get(n)
+            cells.append("-" if m is None else f"{m:.2f}"
+                         + ("" if t is None else f" ({100 * m / t:.1f} %)"))
+        cells.append("-" if base.get(n) is None else f"{base[n]:.2f}")
+        out.append("| " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def _init_study_section(root: Path) -> list[str]:

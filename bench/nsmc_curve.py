@@ -1,9 +1,10 @@
 """NSMC accuracy against training rows: how much data the table's NSMC cap costs.
 
 The Korean table (bench/korean_table.py) fine-tunes every model on a capped number of NSMC rows
-(its PLAN: 6,000 for one epoch) to fit 150 minutes on 2 cores. This script measures, for one
-model (the table's teacher by default) and the n-gram + logistic-regression baseline on the same
-rows, the test accuracy at several row counts with the table's other settings unchanged, fits
+(its PLAN: 3,500 for one epoch) to fit 150 minutes on 2 cores. This script measures, for one
+model (the table's teacher, or a student with `--name kd --workdir WORKDIR/nsmc_curve_kd`: the
+table's page then prints it as % of the teacher) and the n-gram + logistic-regression baseline
+on the same rows, the test accuracy at several row counts with the table's other settings unchanged, fits
 accuracy = a + b * log2(rows) to the model's points and reports where that line would reach a
 target (an extrapolation, said
 as one). Resumable: a finished point is read back, not trained again.

@@ -100,6 +100,26 @@ def test_page_is_rewritten_from_its_record_alone(table, tmp_path):
     table.page_from_record(record, doc, tmp_path / "w", data)
     page = doc.read_text()
     assert "the NSMC curve below measures" in page and "| 1000 | 70.0 |" in page
+    assert "Students on the same rows" not in page  # no student curve was run
+    (curve / "curve.json").write_text(json.dumps({
+        "model": "runs/table/teacher", "name": "teacher", "test_rows": 500,
+        "points": [{"rows": 1000, "model": 70.0, "baseline": 68.0},
+                   {"rows": 2000, "model": 80.0, "baseline": 75.0}]}))
+    kd = tmp_path / "w" / "nsmc_curve_kd"
+    kd.mkdir()
+    (kd / "curve.json").write_text(json.dumps({
+        "model": "runs/table/kd", "name": "kd", "test_rows": 500,
+        "points": [{"rows": 1000, "model": 63.0, "baseline": 68.0},
+                   {"rows": 4000, "model": 77.0, "baseline": 79.0}]}))
+    table.page_from_record(record, doc, tmp_path / "w", data)
+    page = doc.read_text()
+    assert "| NSMC training rows | teacher | kd (% of teacher) | n-gram + logistic regression |" \
+        in page
+    assert "| 1,000 | 70.00 | 63.00 (90.0 %) | 68.00 |" in page
+    assert "the NSMC curves below measure what more rows buy the teacher and the students" in page
+    # a student's row counts only; the teacher's score where it has one
+    assert "| 4,000 | - | 77.00 | 79.00 |" in page
+    assert "| 2,000 |" not in page.split("Students on the same rows")[1]
 
 
 def test_page_from_a_missing_record_says_how_to_make_one(table, tmp_path):
