@@ -4,10 +4,10 @@ The Korean table (bench/korean_table.py) fine-tunes every model on a capped numb
 (its PLAN: 3,500 for one epoch) to fit 150 minutes on 2 cores. This script measures, for one
 model (the table's teacher, or a student with `--name kd --workdir WORKDIR/nsmc_curve_kd`: the
 table's page then prints it as % of the teacher) and the n-gram + logistic-regression baseline
-on the same rows, the test accuracy at several row counts with the table's other settings unchanged, fits
-accuracy = a + b * log2(rows) to the model's points and reports where that line would reach a
-target (an extrapolation, said
-as one). Resumable: a finished point is read back, not trained again.
+on the same rows, the test accuracy at several row counts with the table's other settings
+unchanged, fits accuracy = a + b * log2(rows) to the model's points and reports where that line
+would reach a target (an extrapolation, said as one). Resumable: a finished point is read back,
+not trained again.
 
     python bench/nsmc_curve.py --data_dir ../shared/data/ko --model runs/table/teacher \
         --workdir runs/nsmc_curve --rows 2000,4000,8000,16000 --test_rows 5000
