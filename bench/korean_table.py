@@ -1143,8 +1143,7 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, record: dict[str, Any])
           for t, ok, f in tgt],
         "",
         *e5_gaps(report, tgt, data_dir, curve=bool(curve),
-                 students_curve=any(line.startswith("Students on the same rows")
-                                    for line in curve)),
+                 students_curve=bool(curve) and bool(_student_curves(root))),
         *curve,
         *_init_study_section(root),
         *_task_kd_section(root, report),
@@ -1227,18 +1226,22 @@ def _nsmc_curve_section(root: Path) -> list[str]:
             *_student_curve_section(root, c)]
 
 
+def _student_curves(root: Path) -> list[dict[str, Any]]:
+    """Students' NSMC curves: bench/nsmc_curve.py --name STUDENT --workdir
+    WORKDIR/nsmc_curve_STUDENT (a teacher's curve kept under another name is left out)."""
+    curves = [json.loads(path.read_text())
+              for path in sorted(root.glob("nsmc_curve_*/curve.json"))]
+    return [c for c in curves if c.get("name", "teacher") != "teacher" and c.get("points")]
+
+
 def _student_curve_section(root: Path, teacher: dict[str, Any]) -> list[str]:
-    """Students' NSMC curves (bench/nsmc_curve.py --name STUDENT --workdir
-    WORKDIR/nsmc_curve_STUDENT) beside the teacher's, as % of the teacher at each row count."""
-    curves = []
-    for path in sorted(root.glob("nsmc_curve_*/curve.json")):
-        c = json.loads(path.read_text())
-        if c.get("name", "teacher") != "teacher" and c.get("points"):
-            curves.append(c)
+    """The students' NSMC curves beside the teacher's, as % of the teacher at each row count."""
+    curves = _student_curves(root)
     if not curves:
         return []
     rows = sorted({p["rows"] for c in curves for p in c["points"]})
-    at = {c["name"]: {p["rows"]: p["model"] for p in c["points"]} for c in [teacher, *curves]}
+    at = {c["name"]: {p["rows"]: p["model"] for p in c["points"]} for c in curves}
+    at["teacher"] = {p["rows"]: p["model"] for p in teacher["points"] if "model" in p}
     base = {p["rows"]: p.get("baseline") for c in [teacher, *curves] for p in c["points"]
             if p.get("baseline") is not None}
     head = ["NSMC training rows", "teacher",

@@ -101,8 +101,8 @@ def test_page_is_rewritten_from_its_record_alone(table, tmp_path):
     page = doc.read_text()
     assert "the NSMC curve below measures" in page and "| 1000 | 70.0 |" in page
     assert "Students on the same rows" not in page  # no student curve was run
-    (curve / "curve.json").write_text(json.dumps({
-        "model": "runs/table/teacher", "name": "teacher", "test_rows": 500,
+    (curve / "curve.json").write_text(json.dumps({  # an older curve: no "name"
+        "model": "runs/table/teacher", "test_rows": 500,
         "points": [{"rows": 1000, "model": 70.0, "baseline": 68.0},
                    {"rows": 2000, "model": 80.0, "baseline": 75.0}]}))
     kd = tmp_path / "w" / "nsmc_curve_kd"
