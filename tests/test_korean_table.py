@@ -204,3 +204,33 @@ def test_rerun_takes_the_init_study_runs_of_the_task_with_it(table, tmp_path):
     assert (other / "results.json").is_file()
     assert not (study / "init_study.md").exists()
     assert not table.Stages(tmp_path).done("init_study")
+
+
+def test_missed_targets_name_the_uncapped_plans_budget_from_every_training_row(
+        table, tmp_path, monkeypatch):
+    """The gaps section's budget line projects `--full` on the task's whole training split (the
+    capped plan's row limit does not apply), and leaves the capped plan in place afterwards."""
+    import re
+
+    data = _kornli(tmp_path, ["entailment", "neutral", "contradiction"] * 4)
+    report = {"tasks": ["kornli"], "models": [
+        {"name": "teacher", "main": {"kornli": 60.1}}, {"name": "kd", "main": {"kornli": 34.0}}],
+        "baseline": {"main": {"kornli": 53.7}}}
+    missed = [("kd (distilled) >= 97 % of the teacher's average", False, "56.6 %")]
+    monkeypatch.setitem(table.PLAN["finetune"], "kornli",
+                        {**table.PLAN["finetune"]["kornli"], "task.limit_train": 100})
+    capped = dict(table.PLAN["finetune"]["kornli"])
+
+    def budget(train_rows: int) -> tuple[float, float]:
+        rows = ["sentence1\tsentence2\tgold_label"] + ["가\t나\tneutral"] * train_rows
+        (data / "kornli" / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        line = [x for x in table.e5_gaps(report, missed, data) if "uncapped plan needs" in x]
+        assert len(line) == 1 and "for the 2 models" in line[0]
+        found = re.search(r"projected at ([\d,]+) min .* fine-tuning alone ([\d,]+) min", line[0])
+        return tuple(float(g.replace(",", "")) for g in found.groups())
+
+    small, large = budget(2_000), budget(200_000)
+    assert large[0] > small[0] + 10 and large[1] > small[1] + 10  # every row counts, no cap
+    assert table.PLAN["finetune"]["kornli"] == capped
+    # nothing missed: no budget line
+    assert not any("uncapped" in x for x in table.e5_gaps(report, [("t", True, "")], data))
