@@ -1103,7 +1103,7 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, record: dict[str, Any])
         f"{cpu} core-minutes of the 300 that 2 cores give in 150). Load average (15 min) at "
         "the end of each stage: "
         + ", ".join(f"{k} {v.get('load_15min', '-')}" for k, v in stages.data.items())
-        + " (above 2, other work shared the 2 cores).",
+        + _load_remark(stages) + ".",
         *[f"- {k}: {v['note']}" for k, v in stages.data.items() if v.get("note")],
         "",
         "## Teacher and students",
@@ -1150,6 +1150,14 @@ def write_e5_page(doc: Path, root: Path, data_dir: Path, record: dict[str, Any])
         *_int8_section(root),
     ]
     doc.write_text("\n".join(lines))
+
+
+def _load_remark(stages: Stages) -> str:
+    """Which stages shared the cores: a 15-minute load above 2 on 2 cores is other work."""
+    busy = [k for k, v in stages.data.items() if float(v.get("load_15min") or 0) > 2.0]
+    if busy:
+        return f" (above 2 at {', '.join(busy)}: other work shared the 2 cores)"
+    return " (none above 2: the run had the 2 cores to itself)"
 
 
 def majority_accuracy(data_dir: Path, task: str) -> float | None:

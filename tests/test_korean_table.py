@@ -234,3 +234,12 @@ def test_missed_targets_name_the_uncapped_plans_budget_from_every_training_row(
     assert table.PLAN["finetune"]["kornli"] == capped
     # nothing missed: no budget line
     assert not any("uncapped" in x for x in table.e5_gaps(report, [("t", True, "")], data))
+
+
+def test_load_remark_names_the_stages_that_shared_the_cores(table, tmp_path):
+    stages = table.Stages(tmp_path)
+    stages.record("distill", 60.0, 100.0, load_15min=1.8)
+    stages.record("evaluate", 600.0, 1100.0, load_15min=1.9)
+    assert "none above 2" in table._load_remark(stages)
+    stages.record("distill", 60.0, 100.0, load_15min=3.2)
+    assert table._load_remark(stages) == " (above 2 at distill: other work shared the 2 cores)"
